@@ -1,0 +1,192 @@
+"""IngestBatch: which files go into which store, how they map to groups, how they are virtualized."""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from icechunk_operator.api.common import ApiModel, Condition, ResourceModel
+
+
+class SourceSpec(ApiModel):
+    """Exactly one of ``prefix`` (with ``glob``), ``files`` or ``index`` says which files to ingest."""
+
+    prefix: str | None = Field(default=None, description="List files under this URL prefix.")
+    glob: str = Field(default="**/*.nc", description="Glob on paths relative to prefix.")
+    files: list[str] | None = Field(default=None, description="An explicit list of file URLs.")
+    index: str | None = Field(
+        default=None, description="A parquet index with columns url, size and etag or mtime."
+    )
+    skip: list[str] = Field(
+        default_factory=list, description="Globs on the file URL; matching files are skipped."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceSpec:
+        given = [n for n in ("prefix", "files", "index") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"source: exactly one of prefix, files, index must be set (got {given or 'none'})"
+            )
+        if self.prefix is not None and not self.prefix.endswith("/"):
+            self.prefix += "/"
+        return self
+
+
+class Combine(StrEnum):
+    ONE = "one"  # exactly one file per group
+    CONCAT = "concat"  # concatenate the group's files along a dimension
+    MERGE = "merge"  # merge the variables of the group's files
+
+
+class CombineRule(ApiModel):
+    """A combine rule for groups whose path matches ``match`` (a glob on the group path)."""
+
+    match: str = Field(default="*", description="Glob on the group path, e.g. 'GNSS/*'.")
+    combine: Combine = Field(default=Combine.ONE)
+    dimension: str | None = Field(default=None, description="Concatenation dimension.")
+
+    @model_validator(mode="after")
+    def _dimension_for_concat(self) -> CombineRule:
+        if self.combine == Combine.CONCAT and not self.dimension:
+            raise ValueError("grouping.rules: combine 'concat' needs a dimension")
+        return self
+
+
+class GroupingSpec(ApiModel):
+    """How a file path becomes a group path: a regex with named fields and a template."""
+
+    pattern: str = Field(
+        default=r"(?P<stem>[^/]+)\.nc$",
+        description="Regex searched in the file URL; its named groups fill the template.",
+    )
+    template: str = Field(default="{stem}", description="Group path, e.g. '{model}/{experiment}'.")
+    rules: list[CombineRule] = Field(
+        default_factory=lambda: [CombineRule()],
+        description="Combine rules; the first whose match fits the group applies.",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"grouping.pattern is not a valid regex: {error}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _template_fields_exist(self) -> GroupingSpec:
+        from icechunk_operator.engine.templates import check_template
+
+        check_template(self.template, re.compile(self.pattern))
+        return self
+
+
+class ParserChoice(StrEnum):
+    AUTO = "auto"
+    HDF5 = "hdf5"
+    NETCDF3 = "netcdf3"
+
+
+class SplitSpec(ApiModel):
+    """Split single-chunk contiguous arrays into one virtual chunk per step along ``dimension``."""
+
+    dimension: str = Field(description="Dimension to split along, e.g. time.")
+
+
+class VirtualizationSpec(ApiModel):
+    parser: ParserChoice = Field(
+        default=ParserChoice.AUTO, description="auto picks the parser from the magic bytes."
+    )
+    loadable_variables: list[str] | None = Field(
+        default=None,
+        description="Variables stored as real data; default: the dimension coordinates.",
+    )
+    drop_variables: list[str] = Field(default_factory=list)
+    fixes: list[str] = Field(
+        default_factory=list,
+        description="Built-in fixes ('ismip6') or 'package.module:function' callables.",
+    )
+    split: SplitSpec | None = None
+
+    @field_validator("fixes")
+    @classmethod
+    def _fix_names(cls, value: list[str]) -> list[str]:
+        from icechunk_operator.engine.fixes import BUILTIN_FIXES
+
+        for name in value:
+            if name not in BUILTIN_FIXES and not re.fullmatch(r"[\w.]+:\w+", name):
+                raise ValueError(
+                    f"virtualization.fixes: {name!r} is neither a built-in fix "
+                    f"({sorted(BUILTIN_FIXES)}) nor 'package.module:function'"
+                )
+        return value
+
+
+class ExecutionSpec(ApiModel):
+    workers: int = Field(default=2, ge=1, le=1000, description="Dask worker processes or pods.")
+    threads_per_worker: int = Field(default=1, ge=1, le=64)
+    worker_memory: str = Field(default="2Gi", description="Memory per worker.")
+    worker_cpu: str = Field(default="1", description="CPU per worker (Kubernetes).")
+    scheduler: str | None = Field(
+        default=None, description="Address of an existing Dask scheduler to use."
+    )
+    retries: int = Field(default=3, ge=0, le=20, description="Retries for transient errors.")
+    files_per_task: int = Field(
+        default=0, ge=0, le=10000, description="Files per Dask task; 0 chooses automatically."
+    )
+
+
+class CommitSpec(ApiModel):
+    every_groups: int = Field(default=2000, ge=1, description="Commit after this many groups.")
+    every_seconds: float = Field(default=300, gt=0, description="Commit at least this often.")
+    message: str | None = Field(default=None, description="Prefix for commit messages.")
+
+
+class FailureSpec(ApiModel):
+    max_failed_files: int | None = Field(
+        default=None, ge=0, description="Failures tolerated before the batch counts as failed."
+    )
+    max_failed_fraction: float = Field(
+        default=0.0, ge=0, le=1, description="Fraction of files allowed to fail."
+    )
+
+
+class IngestBatchSpec(ApiModel):
+    store: str = Field(description="Name of the IcechunkStore (same namespace).")
+    source: SourceSpec
+    grouping: GroupingSpec = Field(default_factory=GroupingSpec)
+    virtualization: VirtualizationSpec = Field(default_factory=VirtualizationSpec)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    commit: CommitSpec = Field(default_factory=CommitSpec)
+    failures: FailureSpec = Field(default_factory=FailureSpec)
+    branch: str | None = Field(default=None, description="Branch to commit to; default the store's.")
+
+
+class FileCounts(ApiModel):
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class IngestBatchStatus(ApiModel):
+    conditions: list[Condition] = Field(default_factory=list)
+    files: FileCounts = Field(default_factory=FileCounts)
+    commits: list[str] = Field(default_factory=list)
+    failure_log: str | None = None
+    observed_generation: int | None = None
+
+
+class IngestBatch(ResourceModel):
+    kind_name: ClassVar[str] = "IngestBatch"
+    plural: ClassVar[str] = "ingestbatches"
+    short_names: ClassVar[tuple[str, ...]] = ("ib",)
+
+    kind: Literal["IngestBatch"] = "IngestBatch"
+    spec: IngestBatchSpec
+    status: IngestBatchStatus | None = None

@@ -1,0 +1,140 @@
+"""Pieces shared by the three resources: metadata, conditions, credentials, the base model.
+
+The pydantic models in this package are the single source of truth for the custom resources:
+the CRDs in ``crds/`` are generated from them, and the CLI reads the same YAML. Field names are
+camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "icechunkoperator.io"
+API_VERSION = "v1alpha1"
+GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ApiModel(BaseModel):
+    """Base of every spec/status model: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class ObjectMeta(ApiModel):
+    """The subset of Kubernetes ObjectMeta this tool reads."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=to_camel, serialization_alias=to_camel),
+        populate_by_name=True,
+        extra="ignore",  # the API server adds uid, resourceVersion, managedFields, ...
+    )
+
+    name: str = Field(description="Name of the resource, a DNS label.")
+    namespace: str | None = Field(default=None, description="Namespace of the resource.")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generation: int | None = None
+    uid: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_dns_label(cls, value: str) -> str:
+        if len(value) > 63 or not _DNS_LABEL.match(value):
+            raise ValueError(
+                f"metadata.name {value!r} must be a DNS label: lowercase letters, digits and "
+                "'-', at most 63 characters"
+            )
+        return value
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A Kubernetes API convention condition (metav1.Condition)."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = ""
+    observed_generation: int | None = None
+    last_transition_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class EnvCredentials(ApiModel):
+    """Names of environment variables that hold credentials (filled from a Secret in-cluster)."""
+
+    access_key_id: str = Field(default="AWS_ACCESS_KEY_ID", description="S3 access key id variable.")
+    secret_access_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY", description="S3 secret access key variable."
+    )
+    session_token: str = Field(default="AWS_SESSION_TOKEN", description="S3 session token variable.")
+    azure_account_key: str = Field(
+        default="AZURE_STORAGE_ACCOUNT_KEY", description="Azure account key variable."
+    )
+    azure_sas_token: str = Field(default="AZURE_STORAGE_SAS_TOKEN", description="Azure SAS variable.")
+
+
+class SecretReference(ApiModel):
+    """A Kubernetes Secret whose keys become environment variables of the pods that need them."""
+
+    name: str = Field(description="Secret name, in the resource's namespace.")
+
+
+class Credentials(ApiModel):
+    """Where credentials come from. They are read at use and never stored anywhere.
+
+    Exactly one source applies: ``anonymous``, a ``file`` (a GCS service-account JSON, or a
+    JSON object of S3/Azure keys), or environment variables (the default). In a cluster,
+    ``secretRef`` names the Secret the operator exposes to its pods as those variables.
+    """
+
+    anonymous: bool = Field(default=False, description="Unsigned requests (public buckets).")
+    file: str | None = Field(
+        default=None, description="Path of a credentials file (service-account JSON for gs://)."
+    )
+    env: EnvCredentials = Field(default_factory=EnvCredentials)
+    secret_ref: SecretReference | None = Field(
+        default=None, description="Secret that holds the credentials (Kubernetes only)."
+    )
+
+
+class ResourceModel(ApiModel):
+    """A custom resource: apiVersion, kind, metadata, spec and status."""
+
+    #: Filled by each resource class: CRD names and printer columns.
+    kind_name: ClassVar[str]
+    plural: ClassVar[str]
+    short_names: ClassVar[tuple[str, ...]] = ()
+    printer_columns: ClassVar[tuple[dict[str, str], ...]] = ()
+
+    api_version: str = Field(default=GROUP_VERSION, description="Must be " + GROUP_VERSION)
+    kind: str
+    metadata: ObjectMeta
+
+    @field_validator("api_version")
+    @classmethod
+    def _known_api_version(cls, value: str) -> str:
+        if value != GROUP_VERSION:
+            raise ValueError(f"apiVersion must be {GROUP_VERSION!r}, got {value!r}")
+        return value

@@ -1,0 +1,79 @@
+"""Multi-document YAML of resources in, validated models out, errors naming the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.store import IcechunkStore
+
+_KINDS: dict[str, type[IcechunkStore] | type[IngestBatch] | type[Reconciliation]] = {
+    "IcechunkStore": IcechunkStore,
+    "IngestBatch": IngestBatch,
+    "Reconciliation": Reconciliation,
+}
+
+
+class SpecError(ValueError):
+    """An invalid resource: the message names the document and the field."""
+
+
+@dataclass
+class ResourceSet:
+    stores: dict[str, IcechunkStore] = field(default_factory=dict)
+    batches: list[IngestBatch] = field(default_factory=list)
+    reconciliations: list[Reconciliation] = field(default_factory=list)
+
+
+def format_validation_error(where: str, error: ValidationError) -> str:
+    """One line per problem, each starting with the dotted path of the field."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"]) or "(document)"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_resource(document: dict[str, Any], where: str = "resource") -> IcechunkStore | IngestBatch | Reconciliation:
+    kind = document.get("kind")
+    model = _KINDS.get(str(kind))
+    if model is None:
+        raise SpecError(f"{where}: kind: must be one of {sorted(_KINDS)}, got {kind!r}")
+    name = (document.get("metadata") or {}).get("name", "?")
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(format_validation_error(f"{where} ({kind} {name})", error)) from None
+
+
+def load_resources(path: Path) -> ResourceSet:
+    """Read every resource in a YAML file; refuse the whole file on the first invalid one."""
+    try:
+        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML: {error}") from None
+    resources = ResourceSet()
+    for number, document in enumerate(documents, start=1):
+        if not isinstance(document, dict):
+            raise SpecError(f"{path} document {number}: expected a mapping")
+        resource = parse_resource(document, f"{path} document {number}")
+        if isinstance(resource, IcechunkStore):
+            resources.stores[resource.metadata.name] = resource
+        elif isinstance(resource, IngestBatch):
+            resources.batches.append(resource)
+        else:
+            resources.reconciliations.append(resource)
+    for batch in resources.batches:
+        if batch.spec.store not in resources.stores:
+            raise SpecError(
+                f"{path}: IngestBatch {batch.metadata.name}: spec.store: no IcechunkStore named "
+                f"{batch.spec.store!r} in this file"
+            )
+    return resources

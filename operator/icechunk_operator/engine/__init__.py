@@ -1,0 +1,1 @@
+"""The ingest engine: list -> plan -> virtualize -> write -> commit. It knows nothing of Kubernetes."""

@@ -1,0 +1,198 @@
+"""Checkpointed commits: groups accumulate in one session, which commits every N groups or T
+seconds and at the end, together with the ledger page that records their source files.
+
+A crash between checkpoints loses only the uncommitted session: the store stays at its last good
+snapshot, the ledger agrees with it, and a re-run plans exactly the files that are missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+import icechunk
+
+from icechunk_operator import __version__
+from icechunk_operator.engine.documents import GroupPayload
+from icechunk_operator.engine.ledger import encode_page, new_page_name, page_documents, read_ledger
+from icechunk_operator.engine.planning import WriteMode
+from icechunk_operator.engine.records import LedgerEntry, now_iso
+from icechunk_operator.engine.writer import GroupWriter
+
+MESSAGE_GROUPS_SHOWN = 5
+FLUSH_GROUPS = 64
+
+
+class CommitConflictError(RuntimeError):
+    """Another writer changed the same groups; rebasing cannot reconcile the two."""
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    every_groups: int = 2000
+    every_seconds: float = 300.0
+
+
+@dataclass
+class CommitStats:
+    commits: list[str] = field(default_factory=list)
+    groups_written: int = 0
+    files_written: int = 0
+    write_seconds: float = 0.0
+    commit_seconds: float = 0.0
+
+
+class CheckpointedWriter:
+    """Owns the writable session of one batch run."""
+
+    def __init__(
+        self,
+        repo: icechunk.Repository,
+        branch: str,
+        *,
+        batch: str,
+        spec_hash: str,
+        policy: CheckpointPolicy,
+        ledger: Mapping[str, LedgerEntry],
+        message_prefix: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._repo = repo
+        self._branch = branch
+        self._batch = batch
+        self._spec_hash = spec_hash
+        self._policy = policy
+        self._message_prefix = message_prefix or f"Ingest batch {batch}"
+        self._clock = clock
+        self._runner = asyncio.Runner()
+        self._writer = GroupWriter(self._runner)
+        self._session = repo.writable_session(branch)
+        self._ledger_by_group: dict[str, set[str]] = {}
+        for entry in ledger.values():
+            if not entry.removed:
+                self._ledger_by_group.setdefault(entry.group, set()).add(entry.url)
+        self._buffer: list[GroupPayload] = []
+        self._pending_entries: list[LedgerEntry] = []
+        self._pending_groups: list[str] = []
+        self._failed_since_commit = 0
+        self._last_commit = clock()
+        self.stats = CommitStats()
+
+    def add(self, payload: GroupPayload) -> None:
+        self._buffer.append(payload)
+        if len(self._buffer) >= FLUSH_GROUPS:
+            self.flush()
+        if self._checkpoint_due():
+            self.checkpoint()
+
+    def note_failures(self, count: int) -> None:
+        self._failed_since_commit += count
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        started = time.perf_counter()
+        self._writer.write(self._session, self._buffer)
+        stamp = now_iso()
+        for payload in self._buffer:
+            self._record(payload, stamp)
+        self.stats.write_seconds += time.perf_counter() - started
+        self._buffer = []
+
+    def _record(self, payload: GroupPayload, stamp: str) -> None:
+        current = {s.url for s in payload.sources}
+        if payload.mode == WriteMode.REPLACE:
+            for url in self._ledger_by_group.get(payload.group, set()) - current:
+                self._pending_entries.append(
+                    LedgerEntry(url, 0, None, None, payload.group, self._batch, stamp, True)
+                )
+        for source in payload.sources:
+            self._pending_entries.append(
+                LedgerEntry(source.url, source.size, source.etag, source.mtime, payload.group,
+                            self._batch, stamp)
+            )
+        known = self._ledger_by_group.setdefault(payload.group, set())
+        if payload.mode == WriteMode.REPLACE:
+            known.clear()
+        known.update(current)
+        self._pending_groups.append(payload.group)
+        self.stats.groups_written += 1
+        self.stats.files_written += len(payload.sources)
+
+    def _checkpoint_due(self) -> bool:
+        waiting = len(self._pending_groups) + len(self._buffer)
+        if waiting == 0:
+            return False
+        return (
+            waiting >= self._policy.every_groups
+            or self._clock() - self._last_commit >= self._policy.every_seconds
+        )
+
+    def checkpoint(self) -> str | None:
+        """Write the pending groups and their ledger page, and commit them in one snapshot."""
+        self.flush()
+        if not self._pending_groups:
+            return None
+        started = time.perf_counter()
+        page = encode_page(self._pending_entries)
+        self._writer.put_documents(self._session, page_documents(new_page_name(), page))
+        message = self._message()
+        metadata = {
+            "batch": self._batch,
+            "spec_hash": self._spec_hash,
+            "tool": "icechunk-operator",
+            "tool_version": __version__,
+            "groups": len(self._pending_groups),
+            "files": sum(1 for e in self._pending_entries if not e.removed),
+            "failed": self._failed_since_commit,
+        }
+        try:
+            snapshot = self._session.commit(
+                message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
+            )
+        except icechunk.ConflictError as error:
+            raise CommitConflictError(
+                f"branch {self._branch!r} moved and another writer touched the same groups: "
+                f"{error}. Nothing of this checkpoint was committed; run the batch again."
+            ) from error
+        self.stats.commits.append(snapshot)
+        self.stats.commit_seconds += time.perf_counter() - started
+        self._pending_entries = []
+        self._pending_groups = []
+        self._failed_since_commit = 0
+        self._last_commit = self._clock()
+        self._session = self._repo.writable_session(self._branch)
+        return snapshot
+
+    def _message(self) -> str:
+        groups = self._pending_groups
+        shown = ", ".join(groups[:MESSAGE_GROUPS_SHOWN])
+        more = len(groups) - MESSAGE_GROUPS_SHOWN
+        tail = f" and {more} more" if more > 0 else ""
+        return f"{self._message_prefix}: {len(groups)} groups ({shown}{tail})"
+
+    def close(self) -> None:
+        self._runner.close()
+
+
+def initialize_repository(repo: icechunk.Repository, branch: str) -> str | None:
+    """Give a new repository its root and ledger groups, so forks and parents never collide."""
+    from icechunk_operator.engine.ledger import skeleton_documents
+
+    session = repo.readonly_session(branch=branch)
+    with asyncio.Runner() as runner:
+        if runner.run(session.store.exists("_icechunk_operator/ledger/zarr.json")):
+            return None
+        writable = repo.writable_session(branch)
+        GroupWriter(runner).put_documents(writable, skeleton_documents())
+    return str(writable.commit("Initialize icechunk-operator store", metadata={
+        "tool": "icechunk-operator", "tool_version": __version__,
+    }))
+
+
+def load_ledger(repo: icechunk.Repository, branch: str) -> dict[str, LedgerEntry]:
+    session = repo.readonly_session(branch=branch)
+    with asyncio.Runner() as runner:
+        ledger, _ = runner.run(read_ledger(session.store))
+    return ledger

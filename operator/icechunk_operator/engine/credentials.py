@@ -1,0 +1,70 @@
+"""Credentials resolved at the moment of use, from the environment or a file the spec names.
+
+Nothing returned here is ever written to status, logs, commit metadata or the repository
+config: callers pass it straight to the client that needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from icechunk_operator.api.common import Credentials
+
+
+class CredentialsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, repr=False)
+class ResolvedCredentials:
+    """Secrets in memory only; ``repr`` never shows them."""
+
+    anonymous: bool = False
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_session_token: str | None = None
+    gcs_service_account_file: str | None = None
+    azure_account_key: str | None = None
+    azure_sas_token: str | None = None
+
+    def __repr__(self) -> str:
+        present = [k for k, v in self.__dict__.items() if v and k != "anonymous"]
+        return f"ResolvedCredentials(anonymous={self.anonymous}, present={present})"
+
+
+def resolve_credentials(spec: Credentials, scheme: str) -> ResolvedCredentials:
+    if spec.anonymous:
+        return ResolvedCredentials(anonymous=True)
+    if spec.file:
+        return _from_file(Path(spec.file), scheme)
+    env = spec.env
+    return ResolvedCredentials(
+        s3_access_key_id=os.environ.get(env.access_key_id) or None,
+        s3_secret_access_key=os.environ.get(env.secret_access_key) or None,
+        s3_session_token=os.environ.get(env.session_token) or None,
+        azure_account_key=os.environ.get(env.azure_account_key) or None,
+        azure_sas_token=os.environ.get(env.azure_sas_token) or None,
+    )
+
+
+def _from_file(path: Path, scheme: str) -> ResolvedCredentials:
+    if not path.is_file():
+        raise CredentialsError(f"credentials.file: {path} does not exist")
+    if scheme == "gs":
+        return ResolvedCredentials(gcs_service_account_file=str(path))
+    try:
+        keys = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CredentialsError(f"credentials.file: {path} is not a JSON object") from None
+    if not isinstance(keys, dict):
+        raise CredentialsError(f"credentials.file: {path} is not a JSON object")
+    return ResolvedCredentials(
+        s3_access_key_id=keys.get("access_key_id"),
+        s3_secret_access_key=keys.get("secret_access_key"),
+        s3_session_token=keys.get("session_token"),
+        azure_account_key=keys.get("account_key"),
+        azure_sas_token=keys.get("sas_token"),
+    )

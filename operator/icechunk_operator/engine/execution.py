@@ -1,0 +1,179 @@
+"""Parallel virtualization on Dask: tasks of whole groups run on worker processes, results stream
+back to the single writer as they complete.
+
+Processes, not threads: VirtualiZarr's HDF5 parser holds the HDF5 library lock. Each task
+returns finished payloads (a few KB per group), so the writer does no parsing at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import xarray as xr
+
+from icechunk_operator.api.batch import Combine
+from icechunk_operator.engine.documents import GroupPayload, build_payload
+from icechunk_operator.engine.objects import cached_registry
+from icechunk_operator.engine.planning import GroupWork
+from icechunk_operator.engine.records import FailureRecord, SourceFile
+from icechunk_operator.engine.virtualize import UnusableFileError, VirtualizeOptions, virtualize_file
+
+MAX_BACKOFF_SECONDS = 10.0
+
+
+@dataclass
+class GroupOutcome:
+    group: str
+    files: int
+    payload: GroupPayload | None
+    failures: list[FailureRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def is_transient(error: BaseException) -> bool:
+    """Network hiccups are worth a retry; a malformed file is not."""
+    if isinstance(error, UnusableFileError):
+        return False
+    if isinstance(error, ConnectionError | TimeoutError):
+        return True
+    name = type(error).__name__
+    text = str(error).lower()
+    if name in {"NotFoundError", "PermissionDeniedError", "UnauthenticatedError"}:
+        return False
+    return name == "GenericError" and any(
+        word in text for word in ("timed out", "timeout", "connection", "503", "429", "reset")
+    )
+
+
+def _with_retries(source: SourceFile, options: VirtualizeOptions, registry: Any,
+                  retries: int) -> tuple[xr.Dataset | None, FailureRecord | None, int]:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return virtualize_file(source, options, registry), None, attempt
+        except Exception as error:  # every file ends as a dataset or a failure record
+            if is_transient(error) and attempt <= retries:
+                delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random()))
+                continue
+            return None, FailureRecord(source.url, type(error).__name__, str(error)[:2000],
+                                       None, attempt), attempt
+
+
+def combine_datasets(datasets: Sequence[xr.Dataset], combine: Combine,
+                     dimension: str | None) -> xr.Dataset:
+    if len(datasets) == 1 or combine == Combine.ONE:
+        return datasets[0]
+    if combine == Combine.CONCAT:
+        return xr.concat(
+            list(datasets), dim=dimension, data_vars="minimal", coords="minimal",
+            compat="override", join="override", combine_attrs="override",
+        )
+    return xr.merge(list(datasets), compat="override", join="override", combine_attrs="override")
+
+
+def virtualize_group(work: GroupWork, options: VirtualizeOptions, registry: Any,
+                     retries: int) -> GroupOutcome:
+    started = time.perf_counter()
+    outcome = GroupOutcome(work.group, work.size, None)
+    good: list[tuple[SourceFile, xr.Dataset]] = []
+    for source in work.files:
+        ds, failure, _ = _with_retries(source, options, registry, retries)
+        if failure is not None:
+            outcome.failures.append(_in_group(failure, work.group))
+        elif ds is not None:
+            good.append((source, ds))
+    if good:
+        try:
+            combined = combine_datasets([ds for _, ds in good], work.combine, work.dimension)
+            outcome.payload = build_payload(
+                work.group, combined, tuple(s for s, _ in good), work.mode, work.dimension
+            )
+        except Exception as error:  # an incompatible member spoils the group, not the batch
+            outcome.failures.extend(
+                FailureRecord(s.url, type(error).__name__, str(error)[:2000], work.group)
+                for s, _ in good
+            )
+    outcome.seconds = time.perf_counter() - started
+    return outcome
+
+
+def _in_group(failure: FailureRecord, group: str) -> FailureRecord:
+    return FailureRecord(failure.url, failure.error_class, failure.message, group,
+                         failure.attempts, failure.time)
+
+
+def virtualize_task(works: list[GroupWork], options: VirtualizeOptions, containers_json: str,
+                    retries: int) -> list[GroupOutcome]:
+    """The Dask task: a handful of groups, each to a payload or failure records."""
+    registry = cached_registry(containers_json)
+    return [virtualize_group(work, options, registry, retries) for work in works]
+
+
+def make_tasks(work: Sequence[GroupWork], files_per_task: int) -> list[list[GroupWork]]:
+    tasks: list[list[GroupWork]] = []
+    current: list[GroupWork] = []
+    size = 0
+    for item in work:
+        current.append(item)
+        size += item.size
+        if size >= files_per_task:
+            tasks.append(current)
+            current, size = [], 0
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+def auto_files_per_task(total_files: int, workers: int) -> int:
+    """Enough tasks to keep every worker busy and stream results, few enough to keep overhead low."""
+    return max(1, min(32, total_files // max(1, workers * 8)))
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int, threads_per_worker: int) -> Iterator[Any]:
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+            dashboard_address=None, silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def stream_outcomes(client: Any, tasks: Sequence[list[GroupWork]], options: VirtualizeOptions,
+                    containers_json: str, retries: int) -> Iterator[GroupOutcome]:
+    """Outcomes in completion order; a task that crashed becomes failure records, not a crash."""
+    from distributed import as_completed
+
+    futures = {
+        client.submit(virtualize_task, works, options, containers_json, retries, pure=False): works
+        for works in tasks
+    }
+    for future in as_completed(futures):
+        works = futures.pop(future)
+        if future.status == "finished":
+            yield from future.result()
+        else:
+            error = future.exception()
+            for work in works:
+                yield GroupOutcome(
+                    work.group, work.size, None,
+                    [FailureRecord(s.url, type(error).__name__, f"worker task failed: {error}",
+                                   work.group) for s in work.files],
+                )
+        future.release()

@@ -1,0 +1,110 @@
+"""The ledger: which source files the store references, kept inside the repository.
+
+Icechunk cannot say which source files a store references, so the writer records them itself,
+in the same commit as the references (a crash can never leave one without the other). Each
+commit adds one page, a small uint8 Zarr array under ``_icechunk_operator/ledger`` holding a
+parquet table; later pages override earlier ones per URL, and compaction folds them into one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from icechunk_operator.engine.records import LedgerEntry
+from icechunk_operator.engine.templates import RESERVED_ROOT
+
+LEDGER_GROUP = f"{RESERVED_ROOT}/ledger"
+_COLUMNS = ("url", "size", "etag", "mtime", "group", "batch", "ingested_at", "removed")
+
+
+def encode_page(entries: Iterable[LedgerEntry]) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [e.to_dict() for e in entries]
+    table = pa.table(
+        {
+            "url": pa.array([r["url"] for r in rows], pa.string()),
+            "size": pa.array([r["size"] for r in rows], pa.int64()),
+            "etag": pa.array([r["etag"] for r in rows], pa.string()),
+            "mtime": pa.array([r["mtime"] for r in rows], pa.float64()),
+            "group": pa.array([r["group"] for r in rows], pa.string()),
+            "batch": pa.array([r["batch"] for r in rows], pa.string()),
+            "ingested_at": pa.array([r["ingested_at"] for r in rows], pa.string()),
+            "removed": pa.array([r["removed"] for r in rows], pa.bool_()),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_page(data: bytes) -> list[LedgerEntry]:
+    import pyarrow.parquet as pq
+
+    columns = pq.read_table(io.BytesIO(data)).to_pydict()
+    return [LedgerEntry(*values) for values in zip(*(columns[c] for c in _COLUMNS), strict=True)]
+
+
+def new_page_name() -> str:
+    """Sortable by creation time; unique across concurrent writers."""
+    return f"page-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def page_documents(name: str, data: bytes) -> dict[str, bytes]:
+    """A page as a 1-D uint8 Zarr array in one uncompressed chunk (the parquet is compressed)."""
+    document = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [len(data)],
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [len(data)]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes"}],
+        "attributes": {"format": "parquet", "columns": list(_COLUMNS)},
+        "dimension_names": ["byte"],
+    }
+    prefix = f"{LEDGER_GROUP}/{name}"
+    return {f"{prefix}/zarr.json": json.dumps(document).encode(), f"{prefix}/c/0": data}
+
+
+def skeleton_documents() -> dict[str, bytes]:
+    """Root, reserved and ledger groups, written when the repository is created."""
+    group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+    return {"zarr.json": group, f"{RESERVED_ROOT}/zarr.json": group, f"{LEDGER_GROUP}/zarr.json": group}
+
+
+async def list_pages(store: Any) -> list[str]:
+    names = set()
+    async for key in store.list_dir(LEDGER_GROUP):
+        name = key.rstrip("/")
+        if name.startswith("page-"):
+            names.add(name)
+    return sorted(names)
+
+
+async def read_ledger(store: Any) -> tuple[dict[str, LedgerEntry], list[str]]:
+    """The current ledger (latest entry per URL, tombstones kept) and its page names."""
+    import asyncio
+
+    names = await list_pages(store)
+    datas = await asyncio.gather(
+        *(store.get(f"{LEDGER_GROUP}/{name}/c/0", _prototype()) for name in names)
+    )
+    ledger: dict[str, LedgerEntry] = {}
+    for data in datas:
+        for entry in decode_page(bytes(data.to_bytes())):
+            ledger[entry.url] = entry
+    return ledger, names
+
+
+def _prototype() -> Any:
+    from zarr.core.buffer import default_buffer_prototype
+
+    return default_buffer_prototype()

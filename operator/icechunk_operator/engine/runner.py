@@ -1,0 +1,182 @@
+"""One batch, end to end: validate, open, list, plan, virtualize on Dask, write, commit, report.
+
+This is the function the CLI calls on a laptop and the commit pod calls in a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.engine.commits import (
+    CheckpointedWriter,
+    CheckpointPolicy,
+    initialize_repository,
+    load_ledger,
+)
+from icechunk_operator.engine.execution import (
+    auto_files_per_task,
+    dask_client,
+    make_tasks,
+    stream_outcomes,
+)
+from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
+from icechunk_operator.engine.objects import containers_key
+from icechunk_operator.engine.planning import plan_ingest
+from icechunk_operator.engine.records import FailureRecord
+from icechunk_operator.engine.sources import check_sources, list_sources
+from icechunk_operator.engine.storage import open_repository
+from icechunk_operator.engine.virtualize import VirtualizeOptions
+
+
+@dataclass
+class Progress:
+    """Counts as the run goes; ``on_change`` lets the CLI or the commit pod show them."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    stage: str = "starting"
+
+
+@dataclass
+class RunReport:
+    batch: str
+    store: str
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    groups_written: int = 0
+    commits: list[str] = field(default_factory=list)
+    failure_log: str | None = None
+    failures: list[FailureRecord] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    tolerance: int = 0
+    error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and self.failed <= self.tolerance
+
+
+def spec_hash(batch: IngestBatch) -> str:
+    text = json.dumps(batch.spec.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def virtualize_options(batch: IngestBatch) -> VirtualizeOptions:
+    spec = batch.spec.virtualization
+    return VirtualizeOptions(
+        parser=str(spec.parser),
+        loadable_variables=tuple(spec.loadable_variables) if spec.loadable_variables is not None else None,
+        drop_variables=tuple(spec.drop_variables),
+        fixes=tuple(spec.fixes),
+        split_dimension=spec.split.dimension if spec.split else None,
+    )
+
+
+def run_batch(
+    store: IcechunkStore,
+    batch: IngestBatch,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[Progress], None] = lambda _: None,
+) -> RunReport:
+    report = RunReport(batch=batch.metadata.name, store=store.metadata.name)
+    progress = Progress()
+    stages = report.stage_seconds
+
+    def stage(name: str) -> None:
+        progress.stage = name
+        on_progress(progress)
+
+    check_sources(batch.spec.source, store.spec)  # refused before anything is touched
+    branch = batch.spec.branch or store.spec.branch
+
+    started = time.perf_counter()
+    stage("opening store")
+    repo = open_repository(store.spec)
+    initialize_repository(repo, branch)
+    ledger = load_ledger(repo, branch)
+    stages["open"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    stage("listing")
+    files = list_sources(batch.spec.source, store.spec)
+    stages["list"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    plan = plan_ingest(files, ledger, batch.spec.grouping, batch.spec.source.skip)
+    stages["plan"] = time.perf_counter() - started
+
+    report.total = len(files)
+    report.skipped = progress.skipped = len(plan.skipped)
+    report.failures.extend(plan.refused)
+    report.failed = progress.failed = len(plan.refused)
+    progress.total = report.total
+    failures_allowed = batch.spec.failures
+    report.tolerance = max(
+        failures_allowed.max_failed_files or 0,
+        int(failures_allowed.max_failed_fraction * report.total),
+    )
+
+    writer = CheckpointedWriter(
+        repo, branch, batch=report.batch, spec_hash=spec_hash(batch),
+        policy=CheckpointPolicy(batch.spec.commit.every_groups, batch.spec.commit.every_seconds),
+        ledger=ledger, message_prefix=batch.spec.commit.message,
+    )
+    execution = batch.spec.execution
+    worker_count = workers or execution.workers
+    per_task = execution.files_per_task or auto_files_per_task(plan.files_to_ingest, worker_count)
+    started = time.perf_counter()
+    virtualize_seconds = 0.0
+    try:
+        if plan.work:
+            stage("virtualizing")
+            with dask_client(scheduler or execution.scheduler, worker_count,
+                             execution.threads_per_worker) as client:
+                stages["cluster"] = time.perf_counter() - started
+                outcomes = stream_outcomes(
+                    client, make_tasks(plan.work, per_task), virtualize_options(batch),
+                    containers_key(store.spec.virtual_chunk_containers), execution.retries,
+                )
+                for outcome in outcomes:
+                    virtualize_seconds += outcome.seconds
+                    report.failures.extend(outcome.failures)
+                    report.failed += len(outcome.failures)
+                    writer.note_failures(len(outcome.failures))
+                    if outcome.payload is not None:
+                        report.done += len(outcome.payload.sources)
+                        writer.add(outcome.payload)
+                    progress.done, progress.failed = report.done, report.failed
+                    on_progress(progress)
+        stage("committing")
+        writer.checkpoint()
+    except Exception as error:
+        report.error = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        writer.close()
+        report.commits = writer.stats.commits
+        report.groups_written = writer.stats.groups_written
+        stages["virtualize (worker CPU)"] = virtualize_seconds
+        stages["write"] = writer.stats.write_seconds
+        stages["commit"] = writer.stats.commit_seconds
+        stages["ingest (wall)"] = time.perf_counter() - started
+        if report.failures:
+            url = failure_log_url(store.spec, report.batch)
+            totals = {"total": report.total, "done": report.done, "failed": report.failed,
+                      "skipped": report.skipped}
+            write_failure_log(url, store.spec,
+                              build_failure_log(report.batch, report.store, report.failures, totals))
+            report.failure_log = url
+        stage("done")
+    return report

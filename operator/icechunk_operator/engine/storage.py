@@ -1,0 +1,174 @@
+"""From an IcechunkStore spec to an open Icechunk repository.
+
+The repository config (compression, inline threshold, manifest splitting, virtual chunk
+containers) is built from the spec and saved when it differs; credentials are passed on every
+open and never persisted, as Icechunk requires.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import icechunk
+
+from icechunk_operator.api.store import (
+    IcechunkStoreSpec,
+    ObjectStoreLocation,
+    StorageSpec,
+    VirtualChunkContainerSpec,
+)
+from icechunk_operator.engine.credentials import resolve_credentials
+from icechunk_operator.engine.urls import split_url
+
+
+def build_storage(spec: StorageSpec) -> icechunk.Storage:
+    scheme, bucket, path = split_url(spec.url)
+    creds = resolve_credentials(spec.credentials, scheme)
+    if scheme == "file":
+        return icechunk.local_filesystem_storage(path)
+    if scheme == "s3":
+        kwargs: dict[str, Any] = {}
+        if creds.anonymous:
+            kwargs["anonymous"] = True
+        elif creds.s3_access_key_id:
+            kwargs.update(
+                access_key_id=creds.s3_access_key_id,
+                secret_access_key=creds.s3_secret_access_key,
+                session_token=creds.s3_session_token,
+            )
+        else:
+            kwargs["from_env"] = True
+        return icechunk.s3_storage(
+            bucket=bucket, prefix=path, region=spec.region, endpoint_url=spec.endpoint,
+            allow_http=spec.allow_http, force_path_style=spec.force_path_style, **kwargs,
+        )
+    if scheme == "gs":
+        config = {"base_url": spec.endpoint} if spec.endpoint else {}
+        if spec.allow_http:
+            config["allow_http"] = "true"
+        return icechunk.gcs_storage(
+            bucket=bucket, prefix=path, config=config or None,
+            service_account_file=creds.gcs_service_account_file,
+            anonymous=creds.anonymous or None,
+            from_env=None if (creds.gcs_service_account_file or creds.anonymous) else True,
+        )
+    if scheme == "az":
+        if not spec.azure_account:
+            raise ValueError("storage.azureAccount: required for az:// URLs")
+        config = {"endpoint": spec.endpoint} if spec.endpoint else {}
+        if spec.allow_http:
+            config["allow_http"] = "true"
+        return icechunk.azure_storage(
+            account=spec.azure_account, container=bucket, prefix=path,
+            access_key=creds.azure_account_key, sas_token=creds.azure_sas_token,
+            from_env=None if (creds.azure_account_key or creds.azure_sas_token) else True,
+            config=config or None,
+        )
+    raise ValueError(f"storage.url: unsupported scheme in {spec.url!r}")
+
+
+def _container_store(container: VirtualChunkContainerSpec) -> Any:
+    scheme = container.url_prefix.partition("://")[0]
+    if scheme == "file":
+        return icechunk.local_filesystem_store(container.url_prefix.removeprefix("file://"))
+    if scheme == "s3":
+        return icechunk.s3_store(
+            region=container.region, endpoint_url=container.endpoint,
+            allow_http=container.allow_http, anonymous=container.credentials.anonymous,
+            s3_compatible=container.endpoint is not None,
+            force_path_style=container.force_path_style,
+        )
+    if scheme == "gs":
+        opts = {"base_url": container.endpoint} if container.endpoint else {}
+        if container.allow_http:
+            opts["allow_http"] = "true"
+        return icechunk.gcs_store(opts or None)
+    if scheme == "az":
+        return icechunk.azure_store(account=container.azure_account or "", config=None)
+    raise ValueError(f"virtualChunkContainers: unsupported scheme in {container.url_prefix!r}")
+
+
+def container_credentials(location: ObjectStoreLocation, url_prefix: str) -> Any:
+    """The credential Icechunk needs to read virtual chunks under one container."""
+    scheme = url_prefix.partition("://")[0]
+    creds = resolve_credentials(location.credentials, scheme)
+    if scheme == "file":
+        return icechunk.credentials.LocalFileSystemAccess
+    if scheme == "s3":
+        if creds.anonymous:
+            return icechunk.s3_anonymous_credentials()
+        if creds.s3_access_key_id:
+            return icechunk.s3_static_credentials(
+                access_key_id=creds.s3_access_key_id,
+                secret_access_key=creds.s3_secret_access_key or "",
+                session_token=creds.s3_session_token,
+            )
+        return icechunk.s3_from_env_credentials()
+    if scheme == "gs":
+        if creds.anonymous:
+            return icechunk.gcs_anonymous_credentials()
+        if creds.gcs_service_account_file:
+            return icechunk.gcs_static_credentials(
+                service_account_file=creds.gcs_service_account_file
+            )
+        return icechunk.gcs_from_env_credentials()
+    if creds.anonymous:
+        return icechunk.azure_anonymous_credentials()
+    if creds.azure_account_key:
+        return icechunk.azure_static_credentials(access_key=creds.azure_account_key)
+    return icechunk.azure_from_env_credentials()
+
+
+def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
+    cfg = spec.config
+    manifest = None
+    if cfg.manifest_splitting:
+        sizes = tuple(
+            (
+                icechunk.ManifestSplitCondition.path_matches(split.path_regex),
+                ((icechunk.ManifestSplitDimCondition.DimensionName(split.dimension), split.size),),
+            )
+            for split in cfg.manifest_splitting
+        )
+        manifest = icechunk.ManifestConfig(
+            splitting=icechunk.ManifestSplittingConfig.from_dict(
+                {cond: dict(dims) for cond, dims in sizes}
+            )
+        )
+    config = icechunk.RepositoryConfig(
+        inline_chunk_threshold_bytes=cfg.inline_threshold_bytes,
+        compression=icechunk.CompressionConfig(
+            algorithm=icechunk.CompressionAlgorithm.Zstd, level=cfg.compression.level
+        ),
+        manifest=manifest,
+    )
+    for container in spec.virtual_chunk_containers:
+        config.set_virtual_chunk_container(
+            icechunk.VirtualChunkContainer(container.url_prefix, _container_store(container))
+        )
+    return config
+
+
+def authorize_containers(spec: IcechunkStoreSpec) -> dict[str, Any]:
+    return {c.url_prefix: container_credentials(c, c.url_prefix) for c in spec.virtual_chunk_containers}
+
+
+def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk.Repository:
+    """Open (or create) the repository, applying the spec's config when it changed."""
+    storage = build_storage(spec.storage)
+    config = build_config(spec)
+    credentials = authorize_containers(spec)
+    if icechunk.Repository.exists(storage):
+        repo = icechunk.Repository.open(
+            storage, config=config, authorize_virtual_chunk_access=credentials
+        )
+        stored = icechunk.Repository.fetch_config(storage)
+        if stored is None or stored != config:
+            repo.save_config()
+        return repo
+    if not create:
+        raise FileNotFoundError(f"storage.url: no Icechunk repository at {spec.storage.url}")
+    return icechunk.Repository.create(
+        storage, config=config, authorize_virtual_chunk_access=credentials,
+        spec_version=spec.config.spec_version,
+    )
