@@ -36,6 +36,10 @@ SCALAR_VARIABLES: tuple[tuple[str, str], ...] = (
     ("tendlithk", "flux"),
 )
 ALL_VARIABLES = GRID_VARIABLES + SCALAR_VARIABLES
+#: Small archives take variables in this order: grid state, scalar, grid flux, ... so that even
+#: three variables per experiment cover 3-D and 1-D arrays, Jan 1 and Jul 1 stamps.
+SMALL_ARCHIVE_ORDER = ("lithk", "lim", "acabf", "orog", "tendacabf", "topg", "iareagr",
+                       "libmassbfgr", "xvelsurf", "limnsw")
 
 #: Time-encoding quirks, keyed by name; "none" is a well-formed file.
 TIME_QUIRKS = ("none", "unit_typo", "dd_mm_yyyy", "day_zero", "no_calendar")
@@ -124,6 +128,7 @@ def plan_archive(
     profiles = model_profiles(institutions, models)
     combos = [(p, f"exp{e:02d}") for p, e in itertools.product(profiles, range(experiments))]
     names = [name for name, _ in ALL_VARIABLES]
+    small = list(SMALL_ARCHIVE_ORDER) + [n for n in names if n not in SMALL_ARCHIVE_ORDER]
     if total_files is None:
         per_combo = [min(variables, len(names))] * len(combos)
     else:
@@ -133,7 +138,7 @@ def plan_archive(
         per_combo = [base + (1 if i < extra else 0) for i in range(len(combos))]
     layout = ArchiveLayout(root=root)
     for (profile, experiment), count in zip(combos, per_combo, strict=True):
-        chosen = names[:count] if total_files is None else sorted(rng.sample(names, count))
+        chosen = small[:count] if total_files is None else sorted(rng.sample(names, count))
         for variable in chosen:
             relative = (
                 f"Projection-AIS/{profile.institution}/{profile.model}/{experiment}/"

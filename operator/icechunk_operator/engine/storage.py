@@ -21,6 +21,15 @@ from icechunk_operator.engine.credentials import resolve_credentials
 from icechunk_operator.engine.urls import split_url
 
 
+def quiet_logs() -> None:
+    """Icechunk warns on every local open that local disk is unsafe for concurrent commits;
+    this tool serialises writers per store, so only errors are worth showing."""
+    import os
+
+    if "ICECHUNK_LOG" not in os.environ:
+        icechunk.set_logs_filter("warn,icechunk_arrow_object_store=error")
+
+
 def build_storage(spec: StorageSpec) -> icechunk.Storage:
     scheme, bucket, path = split_url(spec.url)
     creds = resolve_credentials(spec.credentials, scheme)

@@ -1,0 +1,108 @@
+"""``icechunk-operator``: run ingest specs locally, or build and ingest the demo archive."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from icechunk_operator import __version__
+
+EXIT_OK = 0
+EXIT_BATCH_FAILED = 1
+EXIT_INVALID_SPEC = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="icechunk-operator", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="ingest the IngestBatches of a YAML file")
+    run.add_argument("-f", "--file", required=True, type=Path, help="YAML with stores and batches")
+    run.add_argument("--scheduler", help="address of a Dask scheduler (default: local cluster)")
+    run.add_argument("--workers", type=int, help="worker processes of the local cluster")
+    run.add_argument("--batch", action="append", help="only these batches (repeatable)")
+
+    validate = commands.add_parser("validate", help="check a YAML file without running it")
+    validate.add_argument("-f", "--file", required=True, type=Path)
+
+    demo = commands.add_parser("demo", help="build a synthetic ISMIP6-like archive and ingest it")
+    demo.add_argument("--dir", type=Path, default=Path("demo-output"))
+    demo.add_argument("--workers", type=int, default=2)
+
+    args = parser.parse_args(argv)
+    from icechunk_operator.engine.storage import quiet_logs
+
+    quiet_logs()
+    if args.command == "validate":
+        return _validate(args.file)
+    if args.command == "demo":
+        return _demo(args.dir, args.workers)
+    return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
+
+
+def _validate(path: Path) -> int:
+    from icechunk_operator.api.documents import SpecError, load_resources
+
+    try:
+        resources = load_resources(path)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    print(f"{path}: {len(resources.stores)} stores, {len(resources.batches)} batches, "
+          f"{len(resources.reconciliations)} reconciliations: valid")
+    return EXIT_OK
+
+
+def run_file(path: Path, *, scheduler: str | None = None, workers: int | None = None,
+             only: list[str] | None = None) -> int:
+    from icechunk_operator.api.documents import SpecError, load_resources
+    from icechunk_operator.engine.runner import run_batch
+    from icechunk_operator.engine.templates import GroupPathError
+    from icechunk_operator.engine.urls import SourceOutsideContainersError
+    from icechunk_operator.progress import make_progress, summary_table
+
+    try:
+        resources = load_resources(path)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    batches = [b for b in resources.batches if not only or b.metadata.name in only]
+    if not batches:
+        print(f"{path}: no IngestBatch to run", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    exit_code = EXIT_OK
+    for batch in batches:
+        store = resources.stores[batch.spec.store]
+        progress = make_progress()
+        try:
+            report = run_batch(store, batch, scheduler=scheduler, workers=workers,
+                               on_progress=progress)
+        except (SourceOutsideContainersError, GroupPathError) as error:
+            progress.close()
+            print(f"IngestBatch {batch.metadata.name}: {error}", file=sys.stderr)
+            return EXIT_INVALID_SPEC
+        finally:
+            progress.close()
+        print(summary_table(report))
+        if not report.succeeded:
+            exit_code = EXIT_BATCH_FAILED
+    return exit_code
+
+
+def _demo(folder: Path, workers: int) -> int:
+    from icechunk_operator.api.documents import load_resources
+    from icechunk_operator.demo import describe_store, write_demo_inputs
+
+    spec_path = write_demo_inputs(folder, workers=workers)
+    print(f"archive and spec written to {folder}/ (re-run with: icechunk-operator run -f {spec_path})")
+    code = run_file(spec_path)
+    store = next(iter(load_resources(spec_path).stores.values()))
+    print()
+    print(describe_store(store.spec))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

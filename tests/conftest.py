@@ -1,0 +1,152 @@
+"""Shared fixtures: a real Dask cluster, a real S3-compatible server, real NetCDF archives.
+
+Servers listen on free loopback ports and fixtures wait until they answer; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from icechunk_operator.api import IcechunkStore, IngestBatch
+from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
+from icechunk_operator.synthetic import ArchiveLayout, plan_archive, write_archive
+
+from icechunk_operator.engine.storage import quiet_logs
+
+quiet_logs()
+
+S3_KEY = "testing-key"
+S3_SECRET = "testing-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def dask_scheduler() -> Iterator[str]:
+    """One process cluster for the whole session: starting one costs seconds per run."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3-compatible server (moto in server mode) in its own process."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    binary = Path(sys.executable).with_name("moto_server")
+    with log.open("w") as out:
+        process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(answers, what="the S3 server")
+        yield endpoint
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> str:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    return s3_endpoint
+
+
+def make_archive(root: Path, **kwargs: Any) -> ArchiveLayout:
+    options = {"institutions": 2, "models": 5, "experiments": 2, "variables": 3} | kwargs
+    layout = plan_archive(root, **options)
+    write_archive(layout, resolution_km=32, times=3)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def shared_archive(tmp_path_factory: pytest.TempPathFactory) -> ArchiveLayout:
+    """A read-only archive for tests that do not change their sources."""
+    return make_archive(tmp_path_factory.mktemp("shared") / "archive")
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> ArchiveLayout:
+    """A private archive for tests that replace, add or break files."""
+    return make_archive(tmp_path / "archive")
+
+
+def ismip6_resources(
+    archive_root: Path | str, store_url: str, *, container_prefix: str | None = None,
+    batch_name: str = "ismip6", store_extra: dict[str, Any] | None = None,
+    batch_extra: dict[str, Any] | None = None,
+) -> tuple[IcechunkStore, IngestBatch]:
+    """An IcechunkStore + IngestBatch pair for an ISMIP6-shaped archive."""
+    root_url = archive_root if isinstance(archive_root, str) else archive_root.resolve().as_uri() + "/"
+    store_doc: dict[str, Any] = {
+        "kind": "IcechunkStore",
+        "metadata": {"name": "ismip6"},
+        "spec": {"storage": {"url": store_url},
+                 "virtualChunkContainers": [{"urlPrefix": container_prefix or root_url}]},
+    }
+    batch_doc: dict[str, Any] = {
+        "kind": "IngestBatch",
+        "metadata": {"name": batch_name},
+        "spec": {
+            "store": "ismip6",
+            "source": {"prefix": root_url + "Projection-AIS/", "glob": "**/*.nc"},
+            "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
+            "virtualization": {"fixes": ["ismip6"]},
+            "execution": {"workers": 2},
+            "failures": {"maxFailedFiles": 10},
+        },
+    }
+    _deep_update(store_doc["spec"], store_extra or {})
+    _deep_update(batch_doc["spec"], batch_extra or {})
+    return IcechunkStore.model_validate(store_doc), IngestBatch.model_validate(batch_doc)
+
+
+def _deep_update(target: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
