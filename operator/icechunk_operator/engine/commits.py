@@ -194,5 +194,4 @@ def initialize_repository(repo: icechunk.Repository, branch: str) -> str | None:
 def load_ledger(repo: icechunk.Repository, branch: str) -> dict[str, LedgerEntry]:
     session = repo.readonly_session(branch=branch)
     with asyncio.Runner() as runner:
-        ledger, _ = runner.run(read_ledger(session.store))
-    return ledger
+        return runner.run(read_ledger(session.store))

@@ -89,19 +89,24 @@ async def list_pages(store: Any) -> list[str]:
     return sorted(names)
 
 
-async def read_ledger(store: Any) -> tuple[dict[str, LedgerEntry], list[str]]:
-    """The current ledger (latest entry per URL, tombstones kept) and its page names."""
+async def read_pages(store: Any) -> dict[str, list[LedgerEntry]]:
+    """Every page by name, oldest first."""
     import asyncio
 
     names = await list_pages(store)
     datas = await asyncio.gather(
         *(store.get(f"{LEDGER_GROUP}/{name}/c/0", _prototype()) for name in names)
     )
+    return {name: decode_page(bytes(data.to_bytes())) for name, data in zip(names, datas, strict=True)}
+
+
+async def read_ledger(store: Any) -> dict[str, LedgerEntry]:
+    """The current ledger: the latest entry per URL (tombstones included)."""
     ledger: dict[str, LedgerEntry] = {}
-    for data in datas:
-        for entry in decode_page(bytes(data.to_bytes())):
+    for entries in (await read_pages(store)).values():
+        for entry in entries:
             ledger[entry.url] = entry
-    return ledger, names
+    return ledger
 
 
 def _prototype() -> Any:

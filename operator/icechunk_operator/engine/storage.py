@@ -159,7 +159,9 @@ def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
 
 
 def authorize_containers(spec: IcechunkStoreSpec) -> dict[str, Any]:
-    return {c.url_prefix: container_credentials(c, c.url_prefix) for c in spec.virtual_chunk_containers}
+    return icechunk.containers_credentials(
+        {c.url_prefix: container_credentials(c, c.url_prefix) for c in spec.virtual_chunk_containers}
+    )
 
 
 def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk.Repository:
