@@ -261,7 +261,6 @@ verify_build() {
 # Step 5: build CPython 3.13 into $PREFIX. Output of configure/make goes to a
 # log file (its tail is shown on failure) to keep stderr readable.
 build_python() {
-  command -v apt-get >/dev/null 2>&1 || die "no CPython >= 3.12 found and apt-get is unavailable to build one"
   ensure_build_deps
 
   local work="$CACHE_DIR/build" build_log="$CACHE_DIR/build.log" tarball srcdir stage start
@@ -295,7 +294,9 @@ build_python() {
   mkdir -p "$(dirname "$PREFIX")"
   mv "$stage$PREFIX" "$PREFIX"
   verify_build "$CACHED_PYTHON"
-  rm -rf "$work"
+  # Sources and the private package lists are only needed for a rebuild,
+  # which fetches them afresh anyway.
+  rm -rf "$work" "$CACHE_DIR/apt"
   log "built $CACHED_PYTHON in $((SECONDS - start))s"
 }
 
@@ -312,6 +313,8 @@ cached_or_build() {
     # Re-check under the lock: the run we waited for may have built it.
     from_cache && return 0
   fi
+  command -v apt-get >/dev/null 2>&1 \
+    || die "no CPython >= 3.12 found, and no apt-get to build one (set \$PYTHON or install Python >= 3.12)"
   log "no CPython >= 3.12 found; building 3.13 from Debian $SOURCE_SUITE sources (takes a few minutes)"
   build_python
   check_python "$CACHED_PYTHON" || die "built interpreter $CACHED_PYTHON does not run"

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+
+from icechunk_operator.api.documents import SpecError, load_resources
+
+STORE = """
+apiVersion: icechunkoperator.io/v1alpha1
+kind: IcechunkStore
+metadata: {name: s}
+spec:
+  storage: {url: "s3://bucket/stores/s"}
+  virtualChunkContainers: [{urlPrefix: "s3://archive/"}]
+"""
+BATCH = """
+apiVersion: icechunkoperator.io/v1alpha1
+kind: IngestBatch
+metadata: {name: b}
+spec:
+  store: s
+  source: {prefix: "s3://archive/data/"}
+"""
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return load_resources(path)
+
+
+def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
+    resources = load(tmp_path, STORE + "---" + BATCH)
+    batch = resources.batches[0]
+    assert batch.spec.execution.workers == 2 and batch.spec.commit.every_groups == 2000
+    assert resources.stores["s"].spec.config.inline_threshold_bytes == 512
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (("template: x", "grouping: {template: '../{stem}'}"), "spec.grouping"),
+        (("template: x", "grouping: {template: '{nope}'}"), "spec.grouping"),
+        (("template: x", "virtualization: {fixes: ['rm -rf']}"), "spec.virtualization.fixes"),
+        (("template: x", "execution: {workers: 0}"), "spec.execution.workers"),
+        (("template: x", "source: {files: ['s3://a/x.nc'], prefix: 's3://a/'}"), "spec.source"),
+        (("template: x", "commit: {everyGroups: -1}"), "spec.commit.everyGroups"),
+        (("template: x", "unknownField: 1"), "spec.unknownField"),
+    ],
+)
+def test_invalid_batches_name_the_field(tmp_path: Path, edit: tuple[str, str], field: str) -> None:
+    text = BATCH.replace('  source: {prefix: "s3://archive/data/"}\n', "") + "  " + edit[1] + "\n"
+    if "source" not in edit[1]:
+        text += '  source: {prefix: "s3://archive/data/"}\n'
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        load(tmp_path, STORE + "---" + text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ('urlPrefix: "s3://archive/"', 'urlPrefix: "s3://archive"', "urlPrefix"),
+        ('url: "s3://bucket/stores/s"', 'url: "ftp://x/y"', "spec.storage.url"),
+        ('url: "s3://bucket/stores/s"', 'url: "s3://bucket"', "spec.storage.url"),
+        ("name: s}", "name: Bad_Name}", "metadata.name"),
+    ],
+)
+def test_invalid_stores_name_the_field(tmp_path: Path, old: str, new: str, field: str) -> None:
+    with pytest.raises(SpecError, match=field.replace(".", r"\.")):
+        load(tmp_path, STORE.replace(old, new))
+
+
+def test_batch_must_name_a_store_of_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="spec.store"):
+        load(tmp_path, STORE + "---" + BATCH.replace("store: s", "store: other"))

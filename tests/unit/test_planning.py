@@ -1,0 +1,70 @@
+from icechunk_operator.api.batch import CombineRule, GroupingSpec
+from icechunk_operator.engine.planning import WriteMode, plan_ingest
+from icechunk_operator.engine.records import LedgerEntry, SourceFile
+
+GROUPING = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/(?P<name>[^/]+)\.nc$", template="{site}/{name}")
+CONCAT = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/", template="{site}",
+                      rules=[CombineRule(combine="concat", dimension="time")])
+
+
+def src(path: str, size: int = 10, etag: str = "e1") -> SourceFile:
+    return SourceFile(f"s3://b/data/{path}", size, etag)
+
+
+def entry(source: SourceFile, group: str) -> LedgerEntry:
+    return LedgerEntry(source.url, source.size, source.etag, source.mtime, group, "b1", "t")
+
+
+def test_new_files_are_created_one_group_each() -> None:
+    plan = plan_ingest([src("s1/a.nc"), src("s1/b.nc")], {}, GROUPING)
+    assert [(w.group, w.mode) for w in plan.work] == [("s1/a", WriteMode.CREATE), ("s1/b", WriteMode.CREATE)]
+
+
+def test_unchanged_files_are_skipped() -> None:
+    a = src("s1/a.nc")
+    plan = plan_ingest([a], {a.url: entry(a, "s1/a")}, GROUPING)
+    assert plan.work == [] and plan.skipped == [a]
+
+
+def test_changed_etag_replaces_the_group() -> None:
+    old, new = src("s1/a.nc", etag="e1"), src("s1/a.nc", etag="e2")
+    plan = plan_ingest([new], {old.url: entry(old, "s1/a")}, GROUPING)
+    assert [(w.group, w.mode, w.files) for w in plan.work] == [("s1/a", WriteMode.REPLACE, (new,))]
+
+
+def test_changed_size_without_etag_replaces() -> None:
+    old = SourceFile("s3://b/data/s1/a.nc", 10, None, 100.0)
+    new = SourceFile("s3://b/data/s1/a.nc", 10, None, 200.0)
+    plan = plan_ingest([new], {old.url: entry(old, "s1/a")}, GROUPING)
+    assert plan.work[0].mode == WriteMode.REPLACE
+
+
+def test_new_files_of_a_concat_group_append() -> None:
+    d1, d2, d3 = src("s1/d1.nc"), src("s1/d2.nc"), src("s1/d3.nc")
+    ledger = {d1.url: entry(d1, "s1"), d2.url: entry(d2, "s1")}
+    plan = plan_ingest([d1, d2, d3], ledger, CONCAT)
+    (work,) = plan.work
+    assert (work.mode, work.files, work.dimension) == (WriteMode.APPEND, (d3,), "time")
+    assert set(plan.skipped) == {d1, d2}
+
+
+def test_changed_member_of_a_concat_group_rebuilds_it_with_recorded_files() -> None:
+    d1, d2 = src("s1/d1.nc"), src("s1/d2.nc")
+    ledger = {d1.url: entry(d1, "s1"), d2.url: entry(d2, "s1")}
+    changed = src("s1/d2.nc", etag="e9")
+    plan = plan_ingest([changed], ledger, CONCAT)  # d1 was not listed this time
+    (work,) = plan.work
+    assert work.mode == WriteMode.REPLACE and work.files == (d1, changed)
+
+
+def test_two_files_for_a_one_file_group_are_refused() -> None:
+    grouping = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/", template="{site}")
+    plan = plan_ingest([src("s1/a.nc"), src("s1/b.nc")], {}, grouping)
+    assert plan.work == [] and {f.error_class for f in plan.refused} == {"GroupingError"}
+
+
+def test_skip_list_and_unmatched_paths() -> None:
+    plan = plan_ingest([src("s1/a.nc"), SourceFile("s3://b/other/x.nc", 1, "e")], {}, GROUPING,
+                       skip=["*/s1/*"])
+    assert [s.url for s in plan.skipped] == ["s3://b/data/s1/a.nc"]
+    assert [f.url for f in plan.refused] == ["s3://b/other/x.nc"]
