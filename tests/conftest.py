@@ -19,9 +19,8 @@ import pytest
 
 from icechunk_operator.api import IcechunkStore, IngestBatch
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
-from icechunk_operator.synthetic import ArchiveLayout, plan_archive, write_archive
-
 from icechunk_operator.engine.storage import quiet_logs
+from icechunk_operator.synthetic import ArchiveLayout, plan_archive, write_archive
 
 quiet_logs()
 
@@ -51,8 +50,9 @@ def dask_scheduler() -> Iterator[str]:
 
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.ERROR) as cluster:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+    ) as cluster:
         yield cluster.scheduler_address
 
 
@@ -63,8 +63,9 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     binary = Path(sys.executable).with_name("moto_server")
     with log.open("w") as out:
-        process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     endpoint = f"http://127.0.0.1:{port}"
 
     def answers() -> bool:
@@ -110,8 +111,12 @@ def archive(tmp_path: Path) -> ArchiveLayout:
 
 
 def ismip6_resources(
-    archive_root: Path | str, store_url: str, *, container_prefix: str | None = None,
-    batch_name: str = "ismip6", store_extra: dict[str, Any] | None = None,
+    archive_root: Path | str,
+    store_url: str,
+    *,
+    container_prefix: str | None = None,
+    batch_name: str = "ismip6",
+    store_extra: dict[str, Any] | None = None,
     batch_extra: dict[str, Any] | None = None,
 ) -> tuple[IcechunkStore, IngestBatch]:
     """An IcechunkStore + IngestBatch pair for an ISMIP6-shaped archive."""
@@ -119,8 +124,10 @@ def ismip6_resources(
     store_doc: dict[str, Any] = {
         "kind": "IcechunkStore",
         "metadata": {"name": "ismip6"},
-        "spec": {"storage": {"url": store_url},
-                 "virtualChunkContainers": [{"urlPrefix": container_prefix or root_url}]},
+        "spec": {
+            "storage": {"url": store_url},
+            "virtualChunkContainers": [{"urlPrefix": container_prefix or root_url}],
+        },
     }
     batch_doc: dict[str, Any] = {
         "kind": "IngestBatch",

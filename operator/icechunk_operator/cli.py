@@ -50,13 +50,16 @@ def _validate(path: Path) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID_SPEC
-    print(f"{path}: {len(resources.stores)} stores, {len(resources.batches)} batches, "
-          f"{len(resources.reconciliations)} reconciliations: valid")
+    print(
+        f"{path}: {len(resources.stores)} stores, {len(resources.batches)} batches, "
+        f"{len(resources.reconciliations)} reconciliations: valid"
+    )
     return EXIT_OK
 
 
-def run_file(path: Path, *, scheduler: str | None = None, workers: int | None = None,
-             only: list[str] | None = None) -> int:
+def run_file(
+    path: Path, *, scheduler: str | None = None, workers: int | None = None, only: list[str] | None = None
+) -> int:
     from icechunk_operator.api.documents import SpecError, load_resources
     from icechunk_operator.engine.runner import run_batch
     from icechunk_operator.engine.templates import GroupPathError
@@ -77,8 +80,7 @@ def run_file(path: Path, *, scheduler: str | None = None, workers: int | None = 
         store = resources.stores[batch.spec.store]
         progress = make_progress()
         try:
-            report = run_batch(store, batch, scheduler=scheduler, workers=workers,
-                               on_progress=progress)
+            report = run_batch(store, batch, scheduler=scheduler, workers=workers, on_progress=progress)
         except (SourceOutsideContainersError, GroupPathError) as error:
             progress.close()
             print(f"IngestBatch {batch.metadata.name}: {error}", file=sys.stderr)

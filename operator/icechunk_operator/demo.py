@@ -55,12 +55,12 @@ def write_demo_inputs(folder: Path, *, files_per_combo: int = 4, workers: int = 
     folder.mkdir(parents=True, exist_ok=True)
     archive = folder / "archive"
     if not archive.exists():
-        layout = plan_archive(archive, institutions=3, models=5, experiments=3,
-                              variables=files_per_combo)
+        layout = plan_archive(archive, institutions=3, models=5, experiments=3, variables=files_per_combo)
         write_archive(layout)
     spec_path = folder / "ismip6.yaml"
-    spec_path.write_text(yaml.safe_dump_all(demo_resources(archive, folder / "store", workers),
-                                            sort_keys=False))
+    spec_path.write_text(
+        yaml.safe_dump_all(demo_resources(archive, folder / "store", workers), sort_keys=False)
+    )
     return spec_path
 
 
@@ -85,8 +85,9 @@ def describe_store(store_spec: Any, max_lines: int = 25) -> str:
         if len(lines) < max_lines:
             kind = "group" if isinstance(node, zarr.Group) else f"array {node.shape} {node.dtype}"
             lines.append(f"{'  ' * depth}{path.rsplit('/', 1)[-1]}  ({kind})")
-    total_groups = sum(1 for p, n in root.members(max_depth=None)
-                       if isinstance(n, zarr.Group) and p.count("/") == 2)
+    total_groups = sum(
+        1 for p, n in root.members(max_depth=None) if isinstance(n, zarr.Group) and p.count("/") == 2
+    )
     lines.append(f"... {total_groups} datasets in the store")
     if first_leaf is not None:
         ds = xr.open_zarr(session.store, group=first_leaf, consolidated=False, zarr_format=3)

@@ -35,21 +35,33 @@ class PlainProgress:
 
 class BarProgress:
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("failed {task.fields[failed]} skipped {task.fields[skipped]}"),
-            TimeElapsedColumn(), transient=False,
+            TimeElapsedColumn(),
+            transient=False,
         )
         self._task: Any = self._bar.add_task("starting", total=None, failed=0, skipped=0)
         self._bar.start()
 
     def __call__(self, progress: Progress) -> None:
         self._bar.update(
-            self._task, description=progress.stage, total=progress.total or None,
+            self._task,
+            description=progress.stage,
+            total=progress.total or None,
             completed=progress.done + progress.failed + progress.skipped,
-            failed=progress.failed, skipped=progress.skipped,
+            failed=progress.failed,
+            skipped=progress.skipped,
         )
 
     def close(self) -> None:
@@ -61,8 +73,7 @@ def make_progress(stream: TextIO = sys.stderr) -> PlainProgress | BarProgress:
 
 
 def _counts(progress: Progress) -> str:
-    return (f"total={progress.total} done={progress.done} failed={progress.failed} "
-            f"skipped={progress.skipped}")
+    return f"total={progress.total} done={progress.done} failed={progress.failed} skipped={progress.skipped}"
 
 
 def summary_table(report: RunReport) -> str:
@@ -70,8 +81,11 @@ def summary_table(report: RunReport) -> str:
         ("batch", report.batch),
         ("store", report.store),
         ("result", "succeeded" if report.succeeded else "FAILED"),
-        ("files", f"{report.total} total, {report.done} ingested, {report.failed} failed, "
-                  f"{report.skipped} skipped (tolerance {report.tolerance})"),
+        (
+            "files",
+            f"{report.total} total, {report.done} ingested, {report.failed} failed, "
+            f"{report.skipped} skipped (tolerance {report.tolerance})",
+        ),
         ("groups written", str(report.groups_written)),
         ("commits", ", ".join(report.commits) or "none (nothing to write)"),
         ("failure log", report.failure_log or "-"),
@@ -82,8 +96,9 @@ def summary_table(report: RunReport) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     if report.failures:
-        lines.append("failures by class: " + ", ".join(
-            f"{cls}={count}" for cls, count in _by_class(report).items()))
+        lines.append(
+            "failures by class: " + ", ".join(f"{cls}={count}" for cls, count in _by_class(report).items())
+        )
     return "\n".join(lines)
 
 

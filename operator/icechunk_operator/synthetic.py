@@ -21,25 +21,61 @@ GRID_HALF_WIDTH_M = 3_040_000.0
 
 #: (name, kind): kind is "state" (stamped Jan 1), "flux" (stamped Jul 1); scalars have no grid.
 GRID_VARIABLES: tuple[tuple[str, str], ...] = (
-    ("lithk", "state"), ("orog", "state"), ("topg", "state"), ("hfgeoubed", "state"),
-    ("acabf", "flux"), ("libmassbfgr", "flux"), ("libmassbffl", "flux"), ("dlithkdt", "flux"),
-    ("xvelsurf", "state"), ("yvelsurf", "state"), ("zvelsurf", "state"), ("xvelbase", "state"),
-    ("yvelbase", "state"), ("zvelbase", "state"), ("xvelmean", "state"), ("yvelmean", "state"),
-    ("litemptop", "state"), ("litempbotgr", "state"), ("litempbotfl", "state"),
-    ("strbasemag", "state"), ("licalvf", "flux"), ("lifmassbf", "flux"), ("ligroundf", "flux"),
-    ("sftgif", "state"), ("sftgrf", "state"), ("sftflf", "state"),
+    ("lithk", "state"),
+    ("orog", "state"),
+    ("topg", "state"),
+    ("hfgeoubed", "state"),
+    ("acabf", "flux"),
+    ("libmassbfgr", "flux"),
+    ("libmassbffl", "flux"),
+    ("dlithkdt", "flux"),
+    ("xvelsurf", "state"),
+    ("yvelsurf", "state"),
+    ("zvelsurf", "state"),
+    ("xvelbase", "state"),
+    ("yvelbase", "state"),
+    ("zvelbase", "state"),
+    ("xvelmean", "state"),
+    ("yvelmean", "state"),
+    ("litemptop", "state"),
+    ("litempbotgr", "state"),
+    ("litempbotfl", "state"),
+    ("strbasemag", "state"),
+    ("licalvf", "flux"),
+    ("lifmassbf", "flux"),
+    ("ligroundf", "flux"),
+    ("sftgif", "state"),
+    ("sftgrf", "state"),
+    ("sftflf", "state"),
 )
 SCALAR_VARIABLES: tuple[tuple[str, str], ...] = (
-    ("lim", "state"), ("limnsw", "state"), ("iareagr", "state"), ("iareafl", "state"),
-    ("tendacabf", "flux"), ("tendlibmassbf", "flux"), ("tendlibmassbffl", "flux"),
-    ("tendlicalvf", "flux"), ("tendlifmassbf", "flux"), ("tendligroundf", "flux"),
+    ("lim", "state"),
+    ("limnsw", "state"),
+    ("iareagr", "state"),
+    ("iareafl", "state"),
+    ("tendacabf", "flux"),
+    ("tendlibmassbf", "flux"),
+    ("tendlibmassbffl", "flux"),
+    ("tendlicalvf", "flux"),
+    ("tendlifmassbf", "flux"),
+    ("tendligroundf", "flux"),
     ("tendlithk", "flux"),
 )
 ALL_VARIABLES = GRID_VARIABLES + SCALAR_VARIABLES
 #: Small archives take variables in this order: grid state, scalar, grid flux, ... so that even
 #: three variables per experiment cover 3-D and 1-D arrays, Jan 1 and Jul 1 stamps.
-SMALL_ARCHIVE_ORDER = ("lithk", "lim", "acabf", "orog", "tendacabf", "topg", "iareagr",
-                       "libmassbfgr", "xvelsurf", "limnsw")
+SMALL_ARCHIVE_ORDER = (
+    "lithk",
+    "lim",
+    "acabf",
+    "orog",
+    "tendacabf",
+    "topg",
+    "iareagr",
+    "libmassbfgr",
+    "xvelsurf",
+    "limnsw",
+)
 
 #: Time-encoding quirks, keyed by name; "none" is a well-formed file.
 TIME_QUIRKS = ("none", "unit_typo", "dd_mm_yyyy", "day_zero", "no_calendar")
@@ -145,8 +181,9 @@ def plan_archive(
                 f"{variable}_AIS_{profile.institution}_{profile.model}_{experiment}.nc"
             )
             layout.files.append(
-                SyntheticFile(root / relative, profile.institution, profile.model, experiment,
-                              variable, profile)
+                SyntheticFile(
+                    root / relative, profile.institution, profile.model, experiment, variable, profile
+                )
             )
     if defects:
         _assign_defects(layout)
@@ -161,8 +198,13 @@ def _assign_defects(layout: ArchiveLayout) -> None:
         index = min(number * step, len(layout.files) - 1)
         original = layout.files[index]
         layout.files[index] = SyntheticFile(
-            original.path, original.institution, original.model, original.experiment,
-            original.variable, original.profile, kind,
+            original.path,
+            original.institution,
+            original.model,
+            original.experiment,
+            original.variable,
+            original.profile,
+            kind,
         )
 
 
@@ -200,7 +242,7 @@ def _write_file(item: SyntheticFile, axis: np.ndarray, kind: str, times: int, se
     import netCDF4
 
     profile = item.profile
-    with netCDF4.Dataset(item.path, "w", format=profile.file_format) as ds:
+    with netCDF4.Dataset(item.path, "w", format=profile.file_format) as ds:  # type: ignore[arg-type]
         ds.setncattr("Conventions", "CF-1.7")
         ds.setncattr("institution", item.institution)
         ds.setncattr("model", item.model)

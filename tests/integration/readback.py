@@ -15,8 +15,11 @@ from icechunk_operator.synthetic import SyntheticFile
 
 def open_group(store: IcechunkStore, group: str, snapshot: str | None = None) -> xr.Dataset:
     repo = open_repository(store.spec, create=False)
-    session = (repo.readonly_session(snapshot_id=snapshot) if snapshot
-               else repo.readonly_session(branch=store.spec.branch))
+    session = (
+        repo.readonly_session(snapshot_id=snapshot)
+        if snapshot
+        else repo.readonly_session(branch=store.spec.branch)
+    )
     return xr.open_zarr(session.store, group=group, consolidated=False, zarr_format=3)
 
 

@@ -33,20 +33,28 @@ def write_day(root: Path, site: str, day: int, file_format: str = "NETCDF4") -> 
 
 def gnss_resources(root: Path, store_path: Path) -> tuple[IcechunkStore, IngestBatch]:
     url = root.resolve().as_uri() + "/"
-    store = IcechunkStore.model_validate({
-        "kind": "IcechunkStore", "metadata": {"name": "gnss"},
-        "spec": {"storage": {"url": store_path.as_uri()},
-                 "virtualChunkContainers": [{"urlPrefix": url}]},
-    })
-    batch = IngestBatch.model_validate({
-        "kind": "IngestBatch", "metadata": {"name": "daily"},
-        "spec": {
-            "store": "gnss",
-            "source": {"prefix": url + "gnss/", "glob": "**/*.nc"},
-            "grouping": {"pattern": r"gnss/(?P<site>[^/]+)/", "template": "sites/{site}",
-                         "rules": [{"match": "sites/*", "combine": "concat", "dimension": "epoch"}]},
-        },
-    })
+    store = IcechunkStore.model_validate(
+        {
+            "kind": "IcechunkStore",
+            "metadata": {"name": "gnss"},
+            "spec": {"storage": {"url": store_path.as_uri()}, "virtualChunkContainers": [{"urlPrefix": url}]},
+        }
+    )
+    batch = IngestBatch.model_validate(
+        {
+            "kind": "IngestBatch",
+            "metadata": {"name": "daily"},
+            "spec": {
+                "store": "gnss",
+                "source": {"prefix": url + "gnss/", "glob": "**/*.nc"},
+                "grouping": {
+                    "pattern": r"gnss/(?P<site>[^/]+)/",
+                    "template": "sites/{site}",
+                    "rules": [{"match": "sites/*", "combine": "concat", "dimension": "epoch"}],
+                },
+            },
+        }
+    )
     return store, batch
 
 

@@ -13,8 +13,9 @@ from tests.conftest import ismip6_resources
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "icechunk_operator.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "icechunk_operator.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def write_spec(path: Path, store, batch, **batch_spec_changes) -> Path:
@@ -42,12 +43,11 @@ def test_failures_beyond_tolerance_exit_one(shared_archive: ArchiveLayout, tmp_p
     assert "FAILED" in result.stdout and "EmptyFileError=1" in result.stdout
 
 
-def test_escaping_template_is_refused_naming_the_field(
-    shared_archive: ArchiveLayout, tmp_path: Path
-) -> None:
+def test_escaping_template_is_refused_naming_the_field(shared_archive: ArchiveLayout, tmp_path: Path) -> None:
     store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri())
-    spec = write_spec(tmp_path / "b.yaml", store, batch,
-                      grouping={"pattern": r"(?P<v>[^/]+)\.nc$", "template": "../{v}"})
+    spec = write_spec(
+        tmp_path / "b.yaml", store, batch, grouping={"pattern": r"(?P<v>[^/]+)\.nc$", "template": "../{v}"}
+    )
     result = cli("run", "-f", str(spec))
     assert result.returncode == 2
     assert "spec.grouping" in result.stderr and "'..'" in result.stderr
@@ -58,8 +58,7 @@ def test_source_outside_containers_is_refused_naming_the_field(
     shared_archive: ArchiveLayout, tmp_path: Path
 ) -> None:
     store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri())
-    spec = write_spec(tmp_path / "b.yaml", store, batch,
-                      source={"prefix": "file:///etc/", "glob": "*.nc"})
+    spec = write_spec(tmp_path / "b.yaml", store, batch, source={"prefix": "file:///etc/", "glob": "*.nc"})
     result = cli("run", "-f", str(spec))
     assert result.returncode == 2
     assert "spec.source.prefix" in result.stderr and "outside" in result.stderr

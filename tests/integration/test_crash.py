@@ -32,20 +32,24 @@ def test_sigkill_between_checkpoints_then_rerun_ingests_each_file_once(
     big_archive: ArchiveLayout, tmp_path: Path
 ) -> None:
     store, batch = ismip6_resources(
-        big_archive.root, (tmp_path / "store").as_uri(),
-        batch_extra={"commit": {"everyGroups": 8},
-                     "execution": {"workers": 1, "filesPerTask": 1}},
+        big_archive.root,
+        (tmp_path / "store").as_uri(),
+        batch_extra={"commit": {"everyGroups": 8}, "execution": {"workers": 1, "filesPerTask": 1}},
     )
     spec = tmp_path / "batch.yaml"
     spec.write_text(yaml.safe_dump_all([store.to_api(), batch.to_api()]))
     command = [sys.executable, "-m", "icechunk_operator.cli", "run", "-f", str(spec)]
 
-    run = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    run = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # Initialization plus two checkpoints: the run is between checkpoints, mid-batch.
-        wait_until(lambda: (tmp_path / "store").exists() and len(branch_commits(store)) >= 4,
-                   timeout=120, what="two checkpoint commits")
+        wait_until(
+            lambda: (tmp_path / "store").exists() and len(branch_commits(store)) >= 4,
+            timeout=120,
+            what="two checkpoint commits",
+        )
     finally:
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
@@ -64,8 +68,11 @@ def test_sigkill_between_checkpoints_then_rerun_ingests_each_file_once(
     assert set(counts) == {f.path.resolve().as_uri() for f in good}
     assert set(counts.values()) == {1}, "a file was recorded twice"
     root = zarr.open_group(session.store, mode="r", zarr_format=3)
-    groups = {path for path, node in root.members(max_depth=None)
-              if isinstance(node, zarr.Group) and path.count("/") == 2}
+    groups = {
+        path
+        for path, node in root.members(max_depth=None)
+        if isinstance(node, zarr.Group) and path.count("/") == 2
+    }
     assert groups == {f.group for f in good}
     for item in good[::7]:
         assert_matches_source(store, item)

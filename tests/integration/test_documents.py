@@ -11,30 +11,34 @@ import numpy as np
 import xarray as xr
 from zarr.core.buffer import default_buffer_prototype
 
+from icechunk_operator.api.store import VirtualChunkContainerSpec
 from icechunk_operator.engine.documents import build_payload
 from icechunk_operator.engine.objects import build_registry
 from icechunk_operator.engine.planning import WriteMode
 from icechunk_operator.engine.records import SourceFile
 from icechunk_operator.engine.virtualize import VirtualizeOptions, virtualize_file
 from icechunk_operator.engine.writer import GroupWriter
-from icechunk_operator.api.store import VirtualChunkContainerSpec
 from icechunk_operator.synthetic import ArchiveLayout
 
 
 def new_repo(path: Path, prefix: str) -> icechunk.Repository:
     config = icechunk.RepositoryConfig.default()
     config.set_virtual_chunk_container(
-        icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(prefix[7:])))
+        icechunk.VirtualChunkContainer(prefix, icechunk.local_filesystem_store(prefix[7:]))
+    )
     return icechunk.Repository.create(
-        icechunk.local_filesystem_storage(str(path)), config=config,
+        icechunk.local_filesystem_storage(str(path)),
+        config=config,
         authorize_virtual_chunk_access=icechunk.containers_credentials(
-            {prefix: icechunk.credentials.LocalFileSystemAccess}),
+            {prefix: icechunk.credentials.LocalFileSystemAccess}
+        ),
     )
 
 
 def zarr_json(session: icechunk.Session, key: str) -> dict:
     async def get() -> bytes:
         return (await session.store.get(key, default_buffer_prototype())).to_bytes()
+
     return json.loads(asyncio.run(get()))
 
 
@@ -59,7 +63,8 @@ def test_documents_match_to_icechunk(shared_archive: ArchiveLayout, tmp_path: Pa
         assert zarr_json(mine, f"{group}/zarr.json") == zarr_json(reference, f"{group}/zarr.json")
         for name in ds.variables:
             assert zarr_json(mine, f"{group}/{name}/zarr.json") == zarr_json(
-                reference, f"{group}/{name}/zarr.json"), f"{group}/{name}"
+                reference, f"{group}/{name}/zarr.json"
+            ), f"{group}/{name}"
         a = xr.open_zarr(mine.store, group=group, consolidated=False, zarr_format=3)
         b = xr.open_zarr(reference.store, group=group, consolidated=False, zarr_format=3)
         for name in ds.variables:

@@ -31,8 +31,9 @@ DEFECT_CLASSES = {
 def test_every_variable_reads_back_equal_with_decoded_time(
     shared_archive: ArchiveLayout, tmp_path: Path, dask_scheduler: str
 ) -> None:
-    store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri(),
-                                    batch_extra={"commit": {"everyGroups": 7}})
+    store, batch = ismip6_resources(
+        shared_archive.root, (tmp_path / "store").as_uri(), batch_extra={"commit": {"everyGroups": 7}}
+    )
     report = run_batch(store, batch, scheduler=dask_scheduler)
 
     good = [f for f in shared_archive.files if f.defect == "none"]
@@ -54,8 +55,11 @@ def test_missing_grid_is_rebuilt_and_flux_is_stamped_july(
 ) -> None:
     store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri())
     run_batch(store, batch, scheduler=dask_scheduler)
-    no_xy = next(f for f in shared_archive.files
-                 if not f.profile.has_xy and f.defect == "none" and f.variable in dict(GRID_VARIABLES))
+    no_xy = next(
+        f
+        for f in shared_archive.files
+        if not f.profile.has_xy and f.defect == "none" and f.variable in dict(GRID_VARIABLES)
+    )
     ds = open_group(store, no_xy.group)
     np.testing.assert_array_equal(ds["x"].values, grid_axis(32))
     flux = next(f for f in shared_archive.files if f.variable == "acabf" and f.defect == "none")
@@ -85,8 +89,9 @@ def test_defective_files_become_failure_records_and_the_rest_succeeds(
 def test_failures_beyond_tolerance_fail_the_batch(
     shared_archive: ArchiveLayout, tmp_path: Path, dask_scheduler: str
 ) -> None:
-    store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri(),
-                                    batch_extra={"failures": {"maxFailedFiles": 3}})
+    store, batch = ismip6_resources(
+        shared_archive.root, (tmp_path / "store").as_uri(), batch_extra={"failures": {"maxFailedFiles": 3}}
+    )
     report = run_batch(store, batch, scheduler=dask_scheduler)
     assert report.failed == 4 and not report.succeeded
     assert report.done > 0  # the good files are still committed
@@ -95,14 +100,19 @@ def test_failures_beyond_tolerance_fail_the_batch(
 def test_rerun_commits_nothing_and_skips_every_file(
     shared_archive: ArchiveLayout, tmp_path: Path, dask_scheduler: str
 ) -> None:
-    store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri(),
-                                    batch_extra={"source": {"skip": ["*/INST00/MODEL03/*"]}})
+    store, batch = ismip6_resources(
+        shared_archive.root,
+        (tmp_path / "store").as_uri(),
+        batch_extra={"source": {"skip": ["*/INST00/MODEL03/*"]}},
+    )
     first = run_batch(store, batch, scheduler=dask_scheduler)
     commits_before = branch_commits(store)
 
-    store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri(),
-                                    batch_extra={"failures": {"maxFailedFiles": 10},
-                                                 "source": {"skip": ["*/INST00/MODEL03/*"]}})
+    store, batch = ismip6_resources(
+        shared_archive.root,
+        (tmp_path / "store").as_uri(),
+        batch_extra={"failures": {"maxFailedFiles": 10}, "source": {"skip": ["*/INST00/MODEL03/*"]}},
+    )
     second = run_batch(store, batch, scheduler=dask_scheduler)
 
     assert first.done > 0
@@ -138,19 +148,20 @@ def test_source_outside_containers_is_refused_before_any_work(
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri(),
-                                    container_prefix=elsewhere.as_uri() + "/")
+    store, batch = ismip6_resources(
+        shared_archive.root, (tmp_path / "store").as_uri(), container_prefix=elsewhere.as_uri() + "/"
+    )
     with pytest.raises(SourceOutsideContainersError, match=r"spec\.source\.prefix"):
         run_batch(store, batch)
     assert not (tmp_path / "store").exists()
 
 
-def test_dot_segments_cannot_climb_out_of_a_container(
-    shared_archive: ArchiveLayout, tmp_path: Path
-) -> None:
+def test_dot_segments_cannot_climb_out_of_a_container(shared_archive: ArchiveLayout, tmp_path: Path) -> None:
     root = shared_archive.root.resolve().as_uri() + "/"
     store, batch = ismip6_resources(
-        shared_archive.root, (tmp_path / "store").as_uri(), container_prefix=root + "Projection-AIS/",
+        shared_archive.root,
+        (tmp_path / "store").as_uri(),
+        container_prefix=root + "Projection-AIS/",
         batch_extra={"source": {"prefix": root + "Projection-AIS/../"}},
     )
     with pytest.raises(SourceOutsideContainersError, match=r"spec\.source\.prefix"):

@@ -20,8 +20,13 @@ pytestmark = pytest.mark.s3
 
 
 def upload_archive(endpoint: str, layout: ArchiveLayout, bucket: str) -> str:
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEY,
-                          aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=S3_KEY,
+        aws_secret_access_key=S3_SECRET,
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=bucket)
     for item in layout.files:
         key = item.path.relative_to(layout.root).as_posix()
@@ -39,14 +44,13 @@ def test_s3_sources_into_an_s3_store_read_back_equal(
     keys.write_text(json.dumps({"access_key_id": S3_KEY, "secret_access_key": S3_SECRET}))
     location = {"endpoint": s3_env, "region": "us-east-1", "allowHttp": True, "forcePathStyle": True}
     store, batch = ismip6_resources(
-        root, f"s3://stores-{suffix}/ismip6",
+        root,
+        f"s3://stores-{suffix}/ismip6",
         store_extra={
             "storage": location,
-            "virtualChunkContainers": [{"urlPrefix": root, **location,
-                                        "credentials": {"file": str(keys)}}],
+            "virtualChunkContainers": [{"urlPrefix": root, **location, "credentials": {"file": str(keys)}}],
         },
-        batch_extra={"virtualization": {"split": {"dimension": "time"}},
-                     "commit": {"everyGroups": 10}},
+        batch_extra={"virtualization": {"split": {"dimension": "time"}}, "commit": {"everyGroups": 10}},
     )
 
     report = run_batch(store, batch, scheduler=dask_scheduler)

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from icechunk_operator.engine.fixes import add_missing_ismip6_grid, fix_time_units, normalize_time_units, resolve_fix
+from icechunk_operator.engine.fixes import (
+    add_missing_ismip6_grid,
+    fix_time_units,
+    normalize_time_units,
+    resolve_fix,
+)
 
 
 @pytest.mark.parametrize(

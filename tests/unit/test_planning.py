@@ -3,8 +3,11 @@ from icechunk_operator.engine.planning import WriteMode, plan_ingest
 from icechunk_operator.engine.records import LedgerEntry, SourceFile
 
 GROUPING = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/(?P<name>[^/]+)\.nc$", template="{site}/{name}")
-CONCAT = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/", template="{site}",
-                      rules=[CombineRule(combine="concat", dimension="time")])
+CONCAT = GroupingSpec(
+    pattern=r"data/(?P<site>[^/]+)/",
+    template="{site}",
+    rules=[CombineRule(combine="concat", dimension="time")],
+)
 
 
 def src(path: str, size: int = 10, etag: str = "e1") -> SourceFile:
@@ -64,7 +67,8 @@ def test_two_files_for_a_one_file_group_are_refused() -> None:
 
 
 def test_skip_list_and_unmatched_paths() -> None:
-    plan = plan_ingest([src("s1/a.nc"), SourceFile("s3://b/other/x.nc", 1, "e")], {}, GROUPING,
-                       skip=["*/s1/*"])
+    plan = plan_ingest(
+        [src("s1/a.nc"), SourceFile("s3://b/other/x.nc", 1, "e")], {}, GROUPING, skip=["*/s1/*"]
+    )
     assert [s.url for s in plan.skipped] == ["s3://b/data/s1/a.nc"]
     assert [f.url for f in plan.refused] == ["s3://b/other/x.nc"]

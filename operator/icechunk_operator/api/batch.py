@@ -132,9 +132,7 @@ class ExecutionSpec(ApiModel):
     threads_per_worker: int = Field(default=1, ge=1, le=64)
     worker_memory: str = Field(default="2Gi", description="Memory per worker.")
     worker_cpu: str = Field(default="1", description="CPU per worker (Kubernetes).")
-    scheduler: str | None = Field(
-        default=None, description="Address of an existing Dask scheduler to use."
-    )
+    scheduler: str | None = Field(default=None, description="Address of an existing Dask scheduler to use.")
     retries: int = Field(default=3, ge=0, le=20, description="Retries for transient errors.")
     files_per_task: int = Field(
         default=0, ge=0, le=10000, description="Files per Dask task; 0 chooses automatically."

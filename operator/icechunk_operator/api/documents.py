@@ -41,7 +41,9 @@ def format_validation_error(where: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_resource(document: dict[str, Any], where: str = "resource") -> IcechunkStore | IngestBatch | Reconciliation:
+def parse_resource(
+    document: dict[str, Any], where: str = "resource"
+) -> IcechunkStore | IngestBatch | Reconciliation:
     kind = document.get("kind")
     model = _KINDS.get(str(kind))
     if model is None:

@@ -39,8 +39,10 @@ class StorageSpec(ObjectStoreLocation):
         if not sep or scheme not in SUPPORTED_SCHEMES:
             raise ValueError(f"url must start with one of {[s + '://' for s in SUPPORTED_SCHEMES]}")
         if scheme != "file" and "/" not in rest.strip("/"):
-            raise ValueError("url needs a prefix inside the bucket: repositories at a bucket root "
-                             "are not supported by Icechunk 2")
+            raise ValueError(
+                "url needs a prefix inside the bucket: repositories at a bucket root "
+                "are not supported by Icechunk 2"
+            )
         return value.rstrip("/")
 
 

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+
 import icechunk
 
 from icechunk_operator import __version__
@@ -109,8 +110,9 @@ class CheckpointedWriter:
                 )
         for source in payload.sources:
             self._pending_entries.append(
-                LedgerEntry(source.url, source.size, source.etag, source.mtime, payload.group,
-                            self._batch, stamp)
+                LedgerEntry(
+                    source.url, source.size, source.etag, source.mtime, payload.group, self._batch, stamp
+                )
             )
         known = self._ledger_by_group.setdefault(payload.group, set())
         if payload.mode == WriteMode.REPLACE:
@@ -186,9 +188,15 @@ def initialize_repository(repo: icechunk.Repository, branch: str) -> str | None:
             return None
         writable = repo.writable_session(branch)
         GroupWriter(runner).put_documents(writable, skeleton_documents())
-    return str(writable.commit("Initialize icechunk-operator store", metadata={
-        "tool": "icechunk-operator", "tool_version": __version__,
-    }))
+    return str(
+        writable.commit(
+            "Initialize icechunk-operator store",
+            metadata={
+                "tool": "icechunk-operator",
+                "tool_version": __version__,
+            },
+        )
+    )
 
 
 def load_ledger(repo: icechunk.Repository, branch: str) -> dict[str, LedgerEntry]:

@@ -54,7 +54,10 @@ def group_document(attrs: dict[str, Any]) -> bytes:
 
 
 def build_payload(
-    group: str, ds: xr.Dataset, sources: tuple[SourceFile, ...], mode: WriteMode,
+    group: str,
+    ds: xr.Dataset,
+    sources: tuple[SourceFile, ...],
+    mode: WriteMode,
     dimension: str | None = None,
 ) -> GroupPayload:
     payload = GroupPayload(group, mode, sources, dimension=dimension)
@@ -62,7 +65,7 @@ def build_payload(
         payload.dataset = ds
         return payload
     from virtualizarr.manifests import ManifestArray
-    from virtualizarr.writers.icechunk import encode_zarr_attr_value
+    from virtualizarr.writers.icechunk import encode_zarr_attr_value  # type: ignore[attr-defined]
 
     checksums = {s.url: s.checksum for s in sources}
     for name, variable in ds.variables.items():
@@ -80,7 +83,10 @@ def build_payload(
 
 def _array_attributes(variable: xr.Variable) -> dict[str, Any]:
     """Attributes as ``to_icechunk`` writes them: xarray attrs plus CF encoding keys."""
-    from virtualizarr.writers.icechunk import ENCODING_KEYS, encode_zarr_attr_value
+    from virtualizarr.writers.icechunk import (  # type: ignore[attr-defined]
+        ENCODING_KEYS,
+        encode_zarr_attr_value,
+    )
 
     attrs = {k: encode_zarr_attr_value(v) for k, v in variable.attrs.items()}
     for key, value in variable.encoding.items():

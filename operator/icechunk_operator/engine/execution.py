@@ -22,7 +22,11 @@ from icechunk_operator.engine.documents import GroupPayload, build_payload
 from icechunk_operator.engine.objects import cached_registry
 from icechunk_operator.engine.planning import GroupWork
 from icechunk_operator.engine.records import FailureRecord, SourceFile
-from icechunk_operator.engine.virtualize import UnusableFileError, VirtualizeOptions, virtualize_file
+from icechunk_operator.engine.virtualize import (
+    UnusableFileError,
+    VirtualizeOptions,
+    virtualize_file,
+)
 
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -51,8 +55,9 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
-def _with_retries(source: SourceFile, options: VirtualizeOptions, registry: Any,
-                  retries: int) -> tuple[xr.Dataset | None, FailureRecord | None, int]:
+def _with_retries(
+    source: SourceFile, options: VirtualizeOptions, registry: Any, retries: int
+) -> tuple[xr.Dataset | None, FailureRecord | None, int]:
     attempt = 0
     while True:
         attempt += 1
@@ -63,24 +68,32 @@ def _with_retries(source: SourceFile, options: VirtualizeOptions, registry: Any,
                 delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + random.random()))
                 continue
-            return None, FailureRecord(source.url, type(error).__name__, str(error)[:2000],
-                                       None, attempt), attempt
+            return (
+                None,
+                FailureRecord(source.url, type(error).__name__, str(error)[:2000], None, attempt),
+                attempt,
+            )
 
 
-def combine_datasets(datasets: Sequence[xr.Dataset], combine: Combine,
-                     dimension: str | None) -> xr.Dataset:
+def combine_datasets(datasets: Sequence[xr.Dataset], combine: Combine, dimension: str | None) -> xr.Dataset:
     if len(datasets) == 1 or combine == Combine.ONE:
         return datasets[0]
     if combine == Combine.CONCAT:
         return xr.concat(
-            list(datasets), dim=dimension, data_vars="minimal", coords="minimal",
-            compat="override", join="override", combine_attrs="override",
+            list(datasets),
+            dim=dimension,
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="override",
+            combine_attrs="override",
         )
     return xr.merge(list(datasets), compat="override", join="override", combine_attrs="override")
 
 
-def virtualize_group(work: GroupWork, options: VirtualizeOptions, registry: Any,
-                     retries: int) -> GroupOutcome:
+def virtualize_group(
+    work: GroupWork, options: VirtualizeOptions, registry: Any, retries: int
+) -> GroupOutcome:
     started = time.perf_counter()
     outcome = GroupOutcome(work.group, work.size, None)
     good: list[tuple[SourceFile, xr.Dataset]] = []
@@ -98,20 +111,21 @@ def virtualize_group(work: GroupWork, options: VirtualizeOptions, registry: Any,
             )
         except Exception as error:  # an incompatible member spoils the group, not the batch
             outcome.failures.extend(
-                FailureRecord(s.url, type(error).__name__, str(error)[:2000], work.group)
-                for s, _ in good
+                FailureRecord(s.url, type(error).__name__, str(error)[:2000], work.group) for s, _ in good
             )
     outcome.seconds = time.perf_counter() - started
     return outcome
 
 
 def _in_group(failure: FailureRecord, group: str) -> FailureRecord:
-    return FailureRecord(failure.url, failure.error_class, failure.message, group,
-                         failure.attempts, failure.time)
+    return FailureRecord(
+        failure.url, failure.error_class, failure.message, group, failure.attempts, failure.time
+    )
 
 
-def virtualize_task(works: list[GroupWork], options: VirtualizeOptions, containers_json: str,
-                    retries: int) -> list[GroupOutcome]:
+def virtualize_task(
+    works: list[GroupWork], options: VirtualizeOptions, containers_json: str, retries: int
+) -> list[GroupOutcome]:
     """The Dask task: a handful of groups, each to a payload or failure records."""
     registry = cached_registry(containers_json)
     return [virtualize_group(work, options, registry, retries) for work in works]
@@ -147,16 +161,24 @@ def dask_client(scheduler: str | None, workers: int, threads_per_worker: int) ->
         return
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-            dashboard_address=None, silence_logs=logging.ERROR,
+            n_workers=workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
         ) as cluster,
         Client(cluster) as client,
     ):
         yield client
 
 
-def stream_outcomes(client: Any, tasks: Sequence[list[GroupWork]], options: VirtualizeOptions,
-                    containers_json: str, retries: int) -> Iterator[GroupOutcome]:
+def stream_outcomes(
+    client: Any,
+    tasks: Sequence[list[GroupWork]],
+    options: VirtualizeOptions,
+    containers_json: str,
+    retries: int,
+) -> Iterator[GroupOutcome]:
     """Outcomes in completion order; a task that crashed becomes failure records, not a crash."""
     from distributed import as_completed
 
@@ -172,8 +194,12 @@ def stream_outcomes(client: Any, tasks: Sequence[list[GroupWork]], options: Virt
             error = future.exception()
             for work in works:
                 yield GroupOutcome(
-                    work.group, work.size, None,
-                    [FailureRecord(s.url, type(error).__name__, f"worker task failed: {error}",
-                                   work.group) for s in work.files],
+                    work.group,
+                    work.size,
+                    None,
+                    [
+                        FailureRecord(s.url, type(error).__name__, f"worker task failed: {error}", work.group)
+                        for s in work.files
+                    ],
                 )
         future.release()

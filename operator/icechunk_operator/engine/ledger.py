@@ -94,9 +94,7 @@ async def read_pages(store: Any) -> dict[str, list[LedgerEntry]]:
     import asyncio
 
     names = await list_pages(store)
-    datas = await asyncio.gather(
-        *(store.get(f"{LEDGER_GROUP}/{name}/c/0", _prototype()) for name in names)
-    )
+    datas = await asyncio.gather(*(store.get(f"{LEDGER_GROUP}/{name}/c/0", _prototype()) for name in names))
     return {name: decode_page(bytes(data.to_bytes())) for name, data in zip(names, datas, strict=True)}
 
 

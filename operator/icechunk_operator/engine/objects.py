@@ -17,7 +17,7 @@ def build_object_store(url: str, location: ObjectStoreLocation) -> tuple[Any, st
 
     scheme, bucket, path = split_url(url)
     creds = resolve_credentials(location.credentials, scheme)
-    client_options = {"allow_http": True} if location.allow_http else None
+    client_options: Any = {"allow_http": True} if location.allow_http else None
     if scheme == "file":
         return LocalStore(), path.lstrip("/")
     if scheme == "s3":

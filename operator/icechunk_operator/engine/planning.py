@@ -122,19 +122,16 @@ def _plan_group(
         return
 
     if not recorded:
-        plan.work.append(GroupWork(group, tuple(listed), rule.combine, rule.dimension,
-                                   WriteMode.CREATE))
+        plan.work.append(GroupWork(group, tuple(listed), rule.combine, rule.dimension, WriteMode.CREATE))
         return
     if rule.combine == Combine.CONCAT and not changed and not moved:
         unchanged = [s for s in listed if s not in new]
         plan.skipped.extend(unchanged)
-        plan.work.append(GroupWork(group, tuple(new), rule.combine, rule.dimension,
-                                   WriteMode.APPEND))
+        plan.work.append(GroupWork(group, tuple(new), rule.combine, rule.dimension, WriteMode.APPEND))
         return
     # A changed file (or merge of new variables): rebuild the group from all of its files,
     # those listed now and those recorded earlier that this listing did not include.
     listed_urls = {s.url for s in listed}
     everything = listed + [e.as_source() for e in recorded if e.url not in listed_urls]
     everything.sort(key=lambda s: s.url)
-    plan.work.append(GroupWork(group, tuple(everything), rule.combine, rule.dimension,
-                               WriteMode.REPLACE))
+    plan.work.append(GroupWork(group, tuple(everything), rule.combine, rule.dimension, WriteMode.REPLACE))

@@ -129,9 +129,13 @@ def run_batch(
     )
 
     writer = CheckpointedWriter(
-        repo, branch, batch=report.batch, spec_hash=spec_hash(batch),
+        repo,
+        branch,
+        batch=report.batch,
+        spec_hash=spec_hash(batch),
         policy=CheckpointPolicy(batch.spec.commit.every_groups, batch.spec.commit.every_seconds),
-        ledger=ledger, message_prefix=batch.spec.commit.message,
+        ledger=ledger,
+        message_prefix=batch.spec.commit.message,
     )
     execution = batch.spec.execution
     worker_count = workers or execution.workers
@@ -141,12 +145,16 @@ def run_batch(
     try:
         if plan.work:
             stage("virtualizing")
-            with dask_client(scheduler or execution.scheduler, worker_count,
-                             execution.threads_per_worker) as client:
+            with dask_client(
+                scheduler or execution.scheduler, worker_count, execution.threads_per_worker
+            ) as client:
                 stages["cluster"] = time.perf_counter() - started
                 outcomes = stream_outcomes(
-                    client, make_tasks(plan.work, per_task), virtualize_options(batch),
-                    containers_key(store.spec.virtual_chunk_containers), execution.retries,
+                    client,
+                    make_tasks(plan.work, per_task),
+                    virtualize_options(batch),
+                    containers_key(store.spec.virtual_chunk_containers),
+                    execution.retries,
                 )
                 for outcome in outcomes:
                     virtualize_seconds += outcome.seconds
@@ -173,10 +181,15 @@ def run_batch(
         stages["ingest (wall)"] = time.perf_counter() - started
         if report.failures:
             url = failure_log_url(store.spec, report.batch)
-            totals = {"total": report.total, "done": report.done, "failed": report.failed,
-                      "skipped": report.skipped}
-            write_failure_log(url, store.spec,
-                              build_failure_log(report.batch, report.store, report.failures, totals))
+            totals = {
+                "total": report.total,
+                "done": report.done,
+                "failed": report.failed,
+                "skipped": report.skipped,
+            }
+            write_failure_log(
+                url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
+            )
             report.failure_log = url
         stage("done")
     return report

@@ -59,7 +59,7 @@ def _location_for(url: str, store: IcechunkStoreSpec) -> Any:
     return next(c for c in store.virtual_chunk_containers if c.url_prefix == prefix)
 
 
-def _source_file(url: str, meta: dict[str, Any]) -> SourceFile:
+def _source_file(url: str, meta: Any) -> SourceFile:
     modified = meta.get("last_modified")
     mtime = modified.timestamp() if isinstance(modified, datetime) else None
     # Local "ETags" are inode/mtime hashes that Icechunk does not compare: mtime is the identity.
@@ -76,7 +76,7 @@ def _list_prefix(prefix: str, pattern: str, store: IcechunkStoreSpec) -> list[So
     files = []
     for batch in object_store.list(prefix=path.rstrip("/") or None):
         for meta in batch:
-            relative = meta["path"][len(path):] if path else meta["path"]
+            relative = meta["path"][len(path) :] if path else meta["path"]
             if regex.fullmatch(relative):
                 files.append(_source_file(root + meta["path"], meta))
     return files
@@ -109,8 +109,7 @@ def read_index(url: str, store: IcechunkStoreSpec) -> list[SourceFile]:
     missing = {"url", "size"} - columns.keys()
     if missing or not ({"etag", "mtime"} & columns.keys()):
         raise ValueError(
-            f"spec.source.index: {url} needs columns url, size and etag or mtime; "
-            f"has {sorted(columns)}"
+            f"spec.source.index: {url} needs columns url, size and etag or mtime; has {sorted(columns)}"
         )
     etags = columns.get("etag") or [None] * len(columns["url"])
     mtimes = columns.get("mtime") or [None] * len(columns["url"])

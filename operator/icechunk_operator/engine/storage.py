@@ -48,15 +48,22 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
         else:
             kwargs["from_env"] = True
         return icechunk.s3_storage(
-            bucket=bucket, prefix=path, region=spec.region, endpoint_url=spec.endpoint,
-            allow_http=spec.allow_http, force_path_style=spec.force_path_style, **kwargs,
+            bucket=bucket,
+            prefix=path,
+            region=spec.region,
+            endpoint_url=spec.endpoint,
+            allow_http=spec.allow_http,
+            force_path_style=spec.force_path_style,
+            **kwargs,
         )
     if scheme == "gs":
         config = {"base_url": spec.endpoint} if spec.endpoint else {}
         if spec.allow_http:
             config["allow_http"] = "true"
         return icechunk.gcs_storage(
-            bucket=bucket, prefix=path, config=config or None,
+            bucket=bucket,
+            prefix=path,
+            config=config or None,
             service_account_file=creds.gcs_service_account_file,
             anonymous=creds.anonymous or None,
             from_env=None if (creds.gcs_service_account_file or creds.anonymous) else True,
@@ -68,8 +75,11 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
         if spec.allow_http:
             config["allow_http"] = "true"
         return icechunk.azure_storage(
-            account=spec.azure_account, container=bucket, prefix=path,
-            access_key=creds.azure_account_key, sas_token=creds.azure_sas_token,
+            account=spec.azure_account,
+            container=bucket,
+            prefix=path,
+            access_key=creds.azure_account_key,
+            sas_token=creds.azure_sas_token,
             from_env=None if (creds.azure_account_key or creds.azure_sas_token) else True,
             config=config or None,
         )
@@ -82,8 +92,10 @@ def _container_store(container: VirtualChunkContainerSpec) -> Any:
         return icechunk.local_filesystem_store(container.url_prefix.removeprefix("file://"))
     if scheme == "s3":
         return icechunk.s3_store(
-            region=container.region, endpoint_url=container.endpoint,
-            allow_http=container.allow_http, anonymous=container.credentials.anonymous,
+            region=container.region,
+            endpoint_url=container.endpoint,
+            allow_http=container.allow_http,
+            anonymous=container.credentials.anonymous,
             s3_compatible=container.endpoint is not None,
             force_path_style=container.force_path_style,
         )
@@ -93,7 +105,9 @@ def _container_store(container: VirtualChunkContainerSpec) -> Any:
             opts["allow_http"] = "true"
         return icechunk.gcs_store(opts or None)
     if scheme == "az":
-        return icechunk.azure_store(account=container.azure_account or "", config=None)
+        from icechunk.storage import azure_store  # not re-exported at the top level
+
+        return azure_store(account=container.azure_account or "", config=None)
     raise ValueError(f"virtualChunkContainers: unsupported scheme in {container.url_prefix!r}")
 
 
@@ -115,11 +129,11 @@ def container_credentials(location: ObjectStoreLocation, url_prefix: str) -> Any
         return icechunk.s3_from_env_credentials()
     if scheme == "gs":
         if creds.anonymous:
-            return icechunk.gcs_anonymous_credentials()
+            from icechunk.credentials import gcs_anonymous_credentials  # not re-exported
+
+            return gcs_anonymous_credentials()
         if creds.gcs_service_account_file:
-            return icechunk.gcs_static_credentials(
-                service_account_file=creds.gcs_service_account_file
-            )
+            return icechunk.gcs_static_credentials(service_account_file=creds.gcs_service_account_file)
         return icechunk.gcs_from_env_credentials()
     if creds.anonymous:
         return icechunk.azure_anonymous_credentials()
@@ -140,9 +154,7 @@ def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
             for split in cfg.manifest_splitting
         )
         manifest = icechunk.ManifestConfig(
-            splitting=icechunk.ManifestSplittingConfig.from_dict(
-                {cond: dict(dims) for cond, dims in sizes}
-            )
+            splitting=icechunk.ManifestSplittingConfig.from_dict({cond: dict(dims) for cond, dims in sizes})
         )
     config = icechunk.RepositoryConfig(
         inline_chunk_threshold_bytes=cfg.inline_threshold_bytes,
@@ -170,9 +182,7 @@ def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk
     config = build_config(spec)
     credentials = authorize_containers(spec)
     if icechunk.Repository.exists(storage):
-        repo = icechunk.Repository.open(
-            storage, config=config, authorize_virtual_chunk_access=credentials
-        )
+        repo = icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=credentials)
         stored = icechunk.Repository.fetch_config(storage)
         if stored is None or stored != config:
             repo.save_config()
@@ -180,6 +190,8 @@ def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk
     if not create:
         raise FileNotFoundError(f"storage.url: no Icechunk repository at {spec.storage.url}")
     return icechunk.Repository.create(
-        storage, config=config, authorize_virtual_chunk_access=credentials,
+        storage,
+        config=config,
+        authorize_virtual_chunk_access=credentials,
         spec_version=spec.config.spec_version,
     )

@@ -36,9 +36,7 @@ def check_template(template: str, pattern: re.Pattern[str]) -> None:
         raise GroupPathError(f"grouping.template: {error}") from None
     missing = [f for f in fields if f not in pattern.groupindex]
     if missing:
-        raise GroupPathError(
-            f"grouping.template: fields {missing} are not named groups of grouping.pattern"
-        )
+        raise GroupPathError(f"grouping.template: fields {missing} are not named groups of grouping.pattern")
     probe = template.format(**{f: "x" for f in fields})
     check_group_path(probe, "grouping.template")
 
@@ -51,9 +49,7 @@ def check_group_path(path: str, field_name: str) -> str:
     segments = path.split("/")
     for segment in segments:
         if segment in ("", ".", ".."):
-            raise GroupPathError(
-                f"{field_name}: group path {path!r} has an empty, '.' or '..' segment"
-            )
+            raise GroupPathError(f"{field_name}: group path {path!r} has an empty, '.' or '..' segment")
         if not _SAFE_SEGMENT.match(segment) or segment.startswith("__"):
             raise GroupPathError(
                 f"{field_name}: group path segment {segment!r} has characters outside "

@@ -185,7 +185,7 @@ def split_contiguous(ds: xr.Dataset, dimension: str) -> xr.Dataset:
             continue
         step_bytes = int(manifest._lengths.ravel()[0]) // steps
         grid = (steps,) + (1,) * (data.ndim - 1)
-        offsets = (manifest._offsets.ravel()[0] + step_bytes * np.arange(steps, dtype=np.uint64))
+        offsets = manifest._offsets.ravel()[0] + step_bytes * np.arange(steps, dtype=np.uint64)
         new_manifest = ChunkManifest.from_arrays(
             paths=np.full(grid, manifest._paths.ravel()[0], dtype=np.dtypes.StringDType()),
             offsets=offsets.reshape(grid).astype(np.uint64),
@@ -194,7 +194,9 @@ def split_contiguous(ds: xr.Dataset, dimension: str) -> xr.Dataset:
         )
         new_metadata = copy_and_replace_metadata(metadata, new_chunks=[1, *data.shape[1:]])
         updated[name] = xr.Variable(
-            variable.dims, ManifestArray(metadata=new_metadata, chunkmanifest=new_manifest),
-            variable.attrs, variable.encoding,
+            variable.dims,
+            ManifestArray(metadata=new_metadata, chunkmanifest=new_manifest),
+            variable.attrs,
+            variable.encoding,
         )
     return ds.assign(updated) if updated else ds

@@ -101,8 +101,13 @@ class GroupWriter:
 
     @staticmethod
     async def _set_refs(
-        store: Any, path: str, grid: tuple[int, ...], locations: list[str], offsets: Any,
-        lengths: Any, checksum: Any,
+        store: Any,
+        path: str,
+        grid: tuple[int, ...],
+        locations: list[str],
+        offsets: Any,
+        lengths: Any,
+        checksum: Any,
     ) -> None:
         failed = await store.set_virtual_refs_arr_async(
             path, grid, locations, offsets, lengths, validate_containers=True, checksum=checksum
@@ -115,11 +120,14 @@ class GroupWriter:
 
     def _append(self, session: Any, payload: GroupPayload) -> None:
         """Appends resize existing arrays: VirtualiZarr's own path does that correctly."""
-        assert payload.dataset is not None and payload.dimension is not None
+        if payload.dataset is None or payload.dimension is None:
+            raise ValueError(f"{payload.group}: an append needs its dataset and dimension")
         checksums = {s.checksum for s in payload.sources}
         checksum = checksums.pop() if len(checksums) == 1 else None
         payload.dataset.vz.to_icechunk(
-            session.store, group=payload.group, append_dim=payload.dimension,
+            session.store,
+            group=payload.group,
+            append_dim=payload.dimension,
             last_updated_at=checksum if not isinstance(checksum, str) else None,
         )
 

@@ -1,0 +1,126 @@
+"""``make bench``: an ISMIP6-shaped archive (10,034 files, 442 model/experiment batches, the
+quirks included) ingested end to end; prints files/s, seconds per stage, commits and the
+writer's peak memory, at two archive sizes to show that the peak does not grow with files.
+
+Each ingest runs in a fresh process so its peak RSS (``ru_maxrss`` of that process alone: the
+Dask workers are separate processes) is the writer's, not the archive generator's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ISMIP6_FILES = 10_034
+ISMIP6_BATCHES = 442  # (institution, model, experiment) combinations
+CACHE = Path(os.environ.get("ICECHUNK_OPERATOR_CACHE", Path.home() / ".cache" / "icechunk-operator"))
+
+
+def build_archive(root: Path, files: int, combos: int) -> Path:
+    """17 models over 14 institutions, 26 experiments each: 442 combos (cached between runs)."""
+    from icechunk_operator.synthetic import plan_archive, write_archive
+
+    marker = root / f".complete-{files}-{combos}-v1"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    experiments = combos // 17
+    layout = plan_archive(root, institutions=14, models=17, experiments=experiments,
+                          total_files=files, seed=6)
+    started = time.perf_counter()
+    write_archive(layout, resolution_km=32, times=2)
+    print(f"  generated {len(layout.files)} files in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    marker.touch()
+    return root
+
+
+def ingest_once(archive: Path, store: Path, workers: int, every_groups: int) -> dict[str, object]:
+    from icechunk_operator.api import IcechunkStore, IngestBatch
+    from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
+    from icechunk_operator.engine.runner import run_batch
+    from icechunk_operator.engine.storage import quiet_logs
+
+    quiet_logs()
+    root = archive.resolve().as_uri() + "/"
+    store_model = IcechunkStore.model_validate({
+        "kind": "IcechunkStore", "metadata": {"name": "bench"},
+        "spec": {"storage": {"url": store.as_uri()}, "virtualChunkContainers": [{"urlPrefix": root}]},
+    })
+    batch = IngestBatch.model_validate({
+        "kind": "IngestBatch", "metadata": {"name": "bench"},
+        "spec": {
+            "store": "bench",
+            "source": {"prefix": root + "Projection-AIS/"},
+            "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
+            "virtualization": {"fixes": ["ismip6"], "split": {"dimension": "time"}},
+            "execution": {"workers": workers},
+            "commit": {"everyGroups": every_groups},
+            "failures": {"maxFailedFraction": 0.01},
+        },
+    })
+    started = time.perf_counter()
+    report = run_batch(store_model, batch)
+    wall = time.perf_counter() - started
+    return {
+        "files": report.total, "done": report.done, "failed": report.failed,
+        "wall_seconds": wall, "files_per_second": report.total / wall,
+        "stages": report.stage_seconds, "commits": len(report.commits),
+        "writer_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_child(archive: Path, store: Path, workers: int, every_groups: int) -> dict[str, object]:
+    shutil.rmtree(store, ignore_errors=True)
+    command = [sys.executable, "-m", "tests.bench.ingest", "--child", str(archive), str(store),
+               str(workers), str(every_groups)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def show(label: str, result: dict[str, object]) -> None:
+    stages = result["stages"]
+    assert isinstance(stages, dict)
+    print(f"\n== {label}")
+    print(f"files               {result['files']} ({result['done']} ingested, {result['failed']} failed)")
+    print(f"end to end          {result['wall_seconds']:.1f} s = {result['files_per_second']:.0f} files/s")
+    for name in ("list", "plan", "cluster", "virtualize (worker CPU)", "write", "commit", "ingest (wall)"):
+        if name in stages:
+            print(f"  {name:<22}{stages[name]:8.2f} s")
+    print(f"commits             {result['commits']}")
+    print(f"writer peak RSS     {result['writer_peak_rss_mb']:.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", nargs=4)
+    parser.add_argument("--files", type=int, default=ISMIP6_FILES)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--every-groups", type=int, default=2000)
+    args = parser.parse_args()
+    if args.child:
+        archive, store, workers, every = args.child
+        print(json.dumps(ingest_once(Path(archive), Path(store), int(workers), int(every))))
+        return
+    work = CACHE / "bench"
+    print("ingest benchmark (ISMIP6-shaped, local disk, 2 Dask worker processes)", file=sys.stderr)
+    small = build_archive(work / f"archive-{args.files // 4}", args.files // 4, ISMIP6_BATCHES)
+    full = build_archive(work / f"archive-{args.files}", args.files, ISMIP6_BATCHES)
+    quarter = run_child(small, work / "store-small", args.workers, args.every_groups)
+    whole = run_child(full, work / "store", args.workers, args.every_groups)
+    show(f"{args.files // 4} files (a quarter)", quarter)
+    show(f"{args.files} files (ISMIP6 size)", whole)
+    growth = float(whole["writer_peak_rss_mb"]) / float(quarter["writer_peak_rss_mb"])  # type: ignore[arg-type]
+    print(f"\nwriter peak memory, 4x the files: x{growth:.2f}")
+    print("target: >= 150 files/s end to end; writer peak memory flat in the number of files")
+
+
+if __name__ == "__main__":
+    main()
