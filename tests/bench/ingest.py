@@ -32,12 +32,12 @@ def build_archive(root: Path, files: int, combos: int) -> Path:
         return root
     shutil.rmtree(root, ignore_errors=True)
     experiments = combos // 17
-    layout = plan_archive(root, institutions=14, models=17, experiments=experiments,
-                          total_files=files, seed=6)
+    layout = plan_archive(
+        root, institutions=14, models=17, experiments=experiments, total_files=files, seed=6
+    )
     started = time.perf_counter()
     write_archive(layout, resolution_km=32, times=2)
-    print(f"  generated {len(layout.files)} files in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(f"  generated {len(layout.files)} files in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     marker.touch()
     return root
 
@@ -50,37 +50,55 @@ def ingest_once(archive: Path, store: Path, workers: int, every_groups: int) -> 
 
     quiet_logs()
     root = archive.resolve().as_uri() + "/"
-    store_model = IcechunkStore.model_validate({
-        "kind": "IcechunkStore", "metadata": {"name": "bench"},
-        "spec": {"storage": {"url": store.as_uri()}, "virtualChunkContainers": [{"urlPrefix": root}]},
-    })
-    batch = IngestBatch.model_validate({
-        "kind": "IngestBatch", "metadata": {"name": "bench"},
-        "spec": {
-            "store": "bench",
-            "source": {"prefix": root + "Projection-AIS/"},
-            "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
-            "virtualization": {"fixes": ["ismip6"], "split": {"dimension": "time"}},
-            "execution": {"workers": workers},
-            "commit": {"everyGroups": every_groups},
-            "failures": {"maxFailedFraction": 0.01},
-        },
-    })
+    store_model = IcechunkStore.model_validate(
+        {
+            "kind": "IcechunkStore",
+            "metadata": {"name": "bench"},
+            "spec": {"storage": {"url": store.as_uri()}, "virtualChunkContainers": [{"urlPrefix": root}]},
+        }
+    )
+    batch = IngestBatch.model_validate(
+        {
+            "kind": "IngestBatch",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "store": "bench",
+                "source": {"prefix": root + "Projection-AIS/"},
+                "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
+                "virtualization": {"fixes": ["ismip6"], "split": {"dimension": "time"}},
+                "execution": {"workers": workers},
+                "commit": {"everyGroups": every_groups},
+                "failures": {"maxFailedFraction": 0.01},
+            },
+        }
+    )
     started = time.perf_counter()
     report = run_batch(store_model, batch)
     wall = time.perf_counter() - started
     return {
-        "files": report.total, "done": report.done, "failed": report.failed,
-        "wall_seconds": wall, "files_per_second": report.total / wall,
-        "stages": report.stage_seconds, "commits": len(report.commits),
+        "files": report.total,
+        "done": report.done,
+        "failed": report.failed,
+        "wall_seconds": wall,
+        "files_per_second": report.total / wall,
+        "stages": report.stage_seconds,
+        "commits": len(report.commits),
         "writer_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
 def run_child(archive: Path, store: Path, workers: int, every_groups: int) -> dict[str, object]:
     shutil.rmtree(store, ignore_errors=True)
-    command = [sys.executable, "-m", "tests.bench.ingest", "--child", str(archive), str(store),
-               str(workers), str(every_groups)]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.bench.ingest",
+        "--child",
+        str(archive),
+        str(store),
+        str(workers),
+        str(every_groups),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 

@@ -84,41 +84,55 @@ def virtualize_file(source: SourceFile, options: VirtualizeOptions, registry: An
         kind = sniff_format(head)
     manifest_store = make_parser(kind)(url=source.url, registry=registry)
     group = manifest_store._group  # the parsed root group; ManifestStore has no public accessor
-    ds = group.to_virtual_dataset()
-    ds = ds.drop_vars([v for v in options.drop_variables if v in ds.variables])
-    check_within_file(ds, source.size)
+    arrays = {str(k): v for k, v in group.arrays.items() if k not in options.drop_variables}
+    check_within_file(arrays, source.size)
 
     loadable = options.loadable_variables
     if loadable is None:
-        loadable = tuple(str(name) for name in ds.dims if name in ds.variables)
-    ds = _load_variables(ds, manifest_store, [n for n in loadable if n in ds.variables])
+        dims = {d for array in arrays.values() for d in (array.metadata.dimension_names or ())}
+        loadable = tuple(name for name in arrays if name in dims)
+    loaded = load_arrays({n: arrays[n] for n in loadable if n in arrays}, store, path, manifest_store)
+    if options.split_dimension:
+        arrays = split_contiguous(arrays, options.split_dimension)
+    ds = _assemble(group, arrays, loaded)
 
     for name in options.fixes:
         ds = resolve_fix(name)(ds)
     if not ds.data_vars:
         raise NoDataVariablesError("file has no data variables")
     check_time_decodes(ds)
-    if options.split_dimension:
-        ds = split_contiguous(ds, options.split_dimension)
     return ds
 
 
-def check_within_file(ds: xr.Dataset, file_size: int) -> None:
-    """Refuse references past the end of the file: the mark of a truncated download."""
-    from virtualizarr.manifests import ManifestArray
+def _assemble(group: Any, arrays: dict[str, Any], loaded: dict[str, np.ndarray]) -> xr.Dataset:
+    """One Dataset construction (each xarray assign costs about a millisecond)."""
+    from virtualizarr.xarray import construct_fully_virtual_dataset
 
-    for name, variable in ds.variables.items():
-        if isinstance(variable.data, ManifestArray):
-            manifest = variable.data.manifest
-            present = manifest._paths != ""
-            if present.any():
-                ends = manifest._offsets[present] + manifest._lengths[present]
-                end = int(ends.max())
-                if end > file_size:
-                    raise TruncatedFileError(
-                        f"variable {name!r} references bytes up to {end} but the file has "
-                        f"{file_size} bytes (truncated?)"
-                    )
+    attributes = dict(group.metadata.to_dict()["attributes"])
+    coord_names = attributes.pop("coordinates", [])
+    if isinstance(coord_names, str):
+        coord_names = coord_names.split()
+    variables = {}
+    for name, array in arrays.items():
+        variable = array.to_virtual_variable()
+        if name in loaded:
+            variable = xr.Variable(variable.dims, loaded[name], variable.attrs)
+        variables[name] = variable
+    return construct_fully_virtual_dataset(variables, coord_names=coord_names, attrs=attributes)
+
+
+def check_within_file(arrays: dict[str, Any], file_size: int) -> None:
+    """Refuse references past the end of the file: the mark of a truncated download."""
+    for name, array in arrays.items():
+        manifest = array.manifest
+        present = manifest._paths != ""
+        if present.any():
+            end = int((manifest._offsets[present] + manifest._lengths[present]).max())
+            if end > file_size:
+                raise TruncatedFileError(
+                    f"variable {name!r} references bytes up to {end} but the file has "
+                    f"{file_size} bytes (truncated?)"
+                )
 
 
 def check_time_decodes(ds: xr.Dataset) -> None:
@@ -137,18 +151,52 @@ def check_time_decodes(ds: xr.Dataset) -> None:
         raise TimeDecodingError(f"time units {units!r} do not decode: {error}") from None
 
 
-def _load_variables(ds: xr.Dataset, manifest_store: Any, names: Sequence[str]) -> xr.Dataset:
-    """Replace virtual variables by their values, read concurrently in one event-loop round."""
-    if not names:
-        return ds
-    from zarr.core.sync import sync
+def load_arrays(arrays: dict[str, Any], store: Any, path: str, manifest_store: Any) -> dict[str, np.ndarray]:
+    """Values of small arrays. Uncompressed single-chunk arrays (coordinates, almost always) are
+    read as byte ranges in one request; anything else goes through zarr's decoding."""
+    import obstore
 
-    values = sync(_read_arrays(manifest_store, names))
-    replacements = {
-        name: xr.Variable(ds[name].dims, array, ds[name].attrs)
-        for name, array in zip(names, values, strict=True)
-    }
-    return ds.assign(replacements) if replacements else ds
+    direct: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
+    for name, array in arrays.items():
+        layout = _raw_layout(array)
+        if layout is not None:
+            direct[name] = layout
+    values: dict[str, np.ndarray] = {}
+    if direct:
+        starts = [offset for _, _, offset, _ in direct.values()]
+        ends = [offset + length for _, _, offset, length in direct.values()]
+        buffers = obstore.get_ranges(store, path, starts=starts, ends=ends)
+        for (name, (dtype, shape, _, _)), buffer in zip(direct.items(), buffers, strict=True):
+            raw = np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape)
+            values[name] = raw.astype(dtype.newbyteorder("="))
+    others = [name for name in arrays if name not in direct]
+    if others:
+        from zarr.core.sync import sync
+
+        values.update(zip(others, sync(_read_arrays(manifest_store, others)), strict=True))
+    return values
+
+
+def _raw_layout(array: Any) -> tuple[np.dtype, tuple[int, ...], int, int] | None:
+    """(dtype with byte order, shape, offset, length) when the array is one plain byte range."""
+    metadata = array.metadata
+    if len(metadata.codecs) != 1 or tuple(metadata.chunks) != tuple(array.shape):
+        return None
+    codec = metadata.codecs[0].to_dict()
+    if codec["name"] != "bytes":
+        return None
+    manifest = array.manifest
+    if manifest._paths.size != 1 or manifest._paths.ravel()[0] == "" or manifest._inlined:
+        return None
+    dtype = np.dtype(metadata.data_type.to_native_dtype())
+    if dtype.kind not in "biuf":
+        return None
+    endian = (codec.get("configuration") or {}).get("endian", "little")
+    dtype = dtype.newbyteorder(">" if endian == "big" else "<")
+    length = int(manifest._lengths.ravel()[0])
+    if length != dtype.itemsize * int(np.prod(array.shape, dtype=np.int64)):
+        return None
+    return dtype, tuple(array.shape), int(manifest._offsets.ravel()[0]), length
 
 
 async def _read_arrays(manifest_store: Any, names: Sequence[str]) -> list[np.ndarray]:
@@ -161,7 +209,7 @@ async def _read_arrays(manifest_store: Any, names: Sequence[str]) -> list[np.nda
     return list(await asyncio.gather(*(read(name) for name in names)))
 
 
-def split_contiguous(ds: xr.Dataset, dimension: str) -> xr.Dataset:
+def split_contiguous(arrays: dict[str, Any], dimension: str) -> dict[str, Any]:
     """One virtual chunk per step along ``dimension`` for arrays stored as one uncompressed block.
 
     A reader who wants one time step of a 761x761x86 contiguous array otherwise fetches all 86.
@@ -170,21 +218,21 @@ def split_contiguous(ds: xr.Dataset, dimension: str) -> xr.Dataset:
     from virtualizarr.manifests import ChunkManifest, ManifestArray
     from virtualizarr.manifests.utils import copy_and_replace_metadata
 
-    updated = {}
-    for name, variable in ds.variables.items():
-        data = variable.data
-        if not isinstance(data, ManifestArray) or not variable.dims or variable.dims[0] != dimension:
+    result = dict(arrays)
+    for name, array in arrays.items():
+        metadata = array.metadata
+        dims = metadata.dimension_names or ()
+        if not dims or dims[0] != dimension:
             continue
-        metadata = data.metadata
         codecs = [c.to_dict()["name"] for c in metadata.codecs]
-        steps = data.shape[0]
-        if codecs != ["bytes"] or tuple(metadata.chunks) != tuple(data.shape) or steps <= 1:
+        steps = array.shape[0]
+        if codecs != ["bytes"] or tuple(metadata.chunks) != tuple(array.shape) or steps <= 1:
             continue  # compressed or already chunked: byte ranges per step do not exist
-        manifest = data.manifest
-        if len(manifest._paths.ravel()) != 1 or manifest._paths.ravel()[0] == "":
+        manifest = array.manifest
+        if manifest._paths.size != 1 or manifest._paths.ravel()[0] == "":
             continue
         step_bytes = int(manifest._lengths.ravel()[0]) // steps
-        grid = (steps,) + (1,) * (data.ndim - 1)
+        grid = (steps,) + (1,) * (array.ndim - 1)
         offsets = manifest._offsets.ravel()[0] + step_bytes * np.arange(steps, dtype=np.uint64)
         new_manifest = ChunkManifest.from_arrays(
             paths=np.full(grid, manifest._paths.ravel()[0], dtype=np.dtypes.StringDType()),
@@ -192,11 +240,6 @@ def split_contiguous(ds: xr.Dataset, dimension: str) -> xr.Dataset:
             lengths=np.full(grid, step_bytes, dtype=np.uint64),
             validate_paths=False,
         )
-        new_metadata = copy_and_replace_metadata(metadata, new_chunks=[1, *data.shape[1:]])
-        updated[name] = xr.Variable(
-            variable.dims,
-            ManifestArray(metadata=new_metadata, chunkmanifest=new_manifest),
-            variable.attrs,
-            variable.encoding,
-        )
-    return ds.assign(updated) if updated else ds
+        new_metadata = copy_and_replace_metadata(metadata, new_chunks=[1, *array.shape[1:]])
+        result[name] = ManifestArray(metadata=new_metadata, chunkmanifest=new_manifest)
+    return result
