@@ -50,7 +50,18 @@ class GroupWriter:
         self._known_groups = {""}
 
     async def _put_all(self, store: Any, documents: dict[str, bytes]) -> None:
-        await asyncio.gather(*(store.set(key, self._buffer(data)) for key, data in documents.items()))
+        await self._put_documents(store, "", documents)
+
+    async def _put_documents(self, store: Any, prefix: str, documents: dict[str, bytes]) -> None:
+        """Metadata first, then chunks: a chunk put before its array node exists is refused."""
+        for metadata in (True, False):
+            await asyncio.gather(
+                *(
+                    store.set(f"{prefix}{key}", self._buffer(data))
+                    for key, data in documents.items()
+                    if key.endswith("zarr.json") == metadata
+                )
+            )
 
     async def _write_all(self, store: Any, payloads: list[GroupPayload]) -> None:
         # Parents first, once each: concurrent creation of the same parent would collide.
@@ -72,32 +83,22 @@ class GroupWriter:
         self._known_groups.update(unknown)
 
     async def _write_one(self, store: Any, payload: GroupPayload) -> None:
-        # Array metadata must exist before references to its chunks are set.
+        await self._put_documents(store, f"{payload.group}/", payload.documents)
+        # References after the array documents they belong to.
         await asyncio.gather(
             *(
-                store.set(f"{payload.group}/{key}", self._buffer(data))
-                for key, data in payload.documents.items()
-                if key.endswith("zarr.json")
+                self._set_refs(
+                    store,
+                    f"{payload.group}/{refs.array}",
+                    refs.grid_shape,
+                    refs.locations,
+                    refs.offsets,
+                    refs.lengths,
+                    refs.checksum,
+                )
+                for refs in payload.refs
             )
         )
-        chunk_writes = [
-            store.set(f"{payload.group}/{key}", self._buffer(data))
-            for key, data in payload.documents.items()
-            if not key.endswith("zarr.json")
-        ]
-        ref_writes = [
-            self._set_refs(
-                store,
-                f"{payload.group}/{refs.array}",
-                refs.grid_shape,
-                refs.locations,
-                refs.offsets,
-                refs.lengths,
-                refs.checksum,
-            )
-            for refs in payload.refs
-        ]
-        await asyncio.gather(*chunk_writes, *ref_writes)
 
     @staticmethod
     async def _set_refs(
