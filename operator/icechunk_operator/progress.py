@@ -6,6 +6,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from icechunk_operator.engine.failures import summarize
 from icechunk_operator.engine.runner import Progress, RunReport
 
 
@@ -97,13 +98,7 @@ def summary_table(report: RunReport) -> str:
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     if report.failures:
         lines.append(
-            "failures by class: " + ", ".join(f"{cls}={count}" for cls, count in _by_class(report).items())
+            "failures by class: "
+            + ", ".join(f"{cls}={count}" for cls, count in summarize(report.failures).items())
         )
     return "\n".join(lines)
-
-
-def _by_class(report: RunReport) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for failure in report.failures:
-        counts[failure.error_class] = counts.get(failure.error_class, 0) + 1
-    return counts

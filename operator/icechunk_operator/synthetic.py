@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,8 +276,3 @@ def _write_file(item: SyntheticFile, axis: np.ndarray, kind: str, times: int, se
         if is_grid:
             values[:, 0, :] = FILL_VALUE  # the ocean edge is masked, as in ISMIP6
         var[:] = values
-
-
-def iter_urls(layout: ArchiveLayout) -> Iterator[str]:
-    for item in layout.files:
-        yield item.path.resolve().as_uri()

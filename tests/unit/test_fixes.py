@@ -48,3 +48,10 @@ def test_user_fix_by_import_path() -> None:
     assert resolve_fix("icechunk_operator.engine.fixes:ismip6").__name__ == "ismip6"
     with pytest.raises(ValueError, match="cannot import"):
         resolve_fix("no.such.module:fix")
+
+
+def test_api_lists_exactly_the_engine_builtin_fixes() -> None:
+    from icechunk_operator.api.batch import BUILTIN_FIX_NAMES
+    from icechunk_operator.engine.fixes import BUILTIN_FIXES
+
+    assert set(BUILTIN_FIX_NAMES) == set(BUILTIN_FIXES)

@@ -98,6 +98,10 @@ class SplitSpec(ApiModel):
     dimension: str = Field(description="Dimension to split along, e.g. time.")
 
 
+#: Names of the fixes the engine ships (``engine.fixes.BUILTIN_FIXES``; a test keeps them equal).
+BUILTIN_FIX_NAMES = ("ismip6", "time-units", "ismip6-grid")
+
+
 class VirtualizationSpec(ApiModel):
     parser: ParserChoice = Field(
         default=ParserChoice.AUTO, description="auto picks the parser from the magic bytes."
@@ -116,13 +120,11 @@ class VirtualizationSpec(ApiModel):
     @field_validator("fixes")
     @classmethod
     def _fix_names(cls, value: list[str]) -> list[str]:
-        from icechunk_operator.engine.fixes import BUILTIN_FIXES
-
         for name in value:
-            if name not in BUILTIN_FIXES and not re.fullmatch(r"[\w.]+:\w+", name):
+            if name not in BUILTIN_FIX_NAMES and not re.fullmatch(r"[\w.]+:\w+", name):
                 raise ValueError(
                     f"virtualization.fixes: {name!r} is neither a built-in fix "
-                    f"({sorted(BUILTIN_FIXES)}) nor 'package.module:function'"
+                    f"({sorted(BUILTIN_FIX_NAMES)}) nor 'package.module:function'"
                 )
         return value
 

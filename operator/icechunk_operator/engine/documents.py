@@ -44,10 +44,6 @@ class GroupPayload:
     dataset: xr.Dataset | None = None  # APPEND goes through VirtualiZarr's own append path
     dimension: str | None = None
 
-    @property
-    def reference_count(self) -> int:
-        return sum(sum(1 for loc in r.locations if loc) for r in self.refs)
-
 
 def group_document(attrs: dict[str, Any]) -> bytes:
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attrs}).encode()

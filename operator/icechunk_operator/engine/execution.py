@@ -57,12 +57,12 @@ def is_transient(error: BaseException) -> bool:
 
 def _with_retries(
     source: SourceFile, options: VirtualizeOptions, registry: Any, retries: int
-) -> tuple[xr.Dataset | None, FailureRecord | None, int]:
+) -> tuple[xr.Dataset | None, FailureRecord | None]:
     attempt = 0
     while True:
         attempt += 1
         try:
-            return virtualize_file(source, options, registry), None, attempt
+            return virtualize_file(source, options, registry), None
         except Exception as error:  # every file ends as a dataset or a failure record
             if is_transient(error) and attempt <= retries:
                 delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** (attempt - 1))
@@ -71,7 +71,6 @@ def _with_retries(
             return (
                 None,
                 FailureRecord(source.url, type(error).__name__, str(error)[:2000], None, attempt),
-                attempt,
             )
 
 
@@ -98,7 +97,7 @@ def virtualize_group(
     outcome = GroupOutcome(work.group, work.size, None)
     good: list[tuple[SourceFile, xr.Dataset]] = []
     for source in work.files:
-        ds, failure, _ = _with_retries(source, options, registry, retries)
+        ds, failure = _with_retries(source, options, registry, retries)
         if failure is not None:
             outcome.failures.append(_in_group(failure, work.group))
         elif ds is not None:
