@@ -65,10 +65,32 @@ def sniff_format(head: bytes) -> str:
     raise UnknownFormatError(f"not HDF5/NetCDF4 or NetCDF3 (first bytes {head[:8]!r})")
 
 
+def _read_head(store: Any, path: str, length: int) -> bytes:
+    from obstore.store import LocalStore
+
+    if isinstance(store, LocalStore) and store.prefix is None:
+        with open("/" + path, "rb") as file:  # a system call, not an object-store request
+            return file.read(length)
+    import obstore
+
+    return bytes(obstore.get_range(store, path, start=0, length=length))
+
+
 def make_parser(kind: str) -> Any:
     from virtualizarr.parsers import HDFParser, NetCDF3Parser
 
-    return HDFParser() if kind == "hdf5" else NetCDF3Parser()
+    return HDFParser(reader_factory=_native_local_reader) if kind == "hdf5" else NetCDF3Parser()
+
+
+def _native_local_reader(store: Any, path: str) -> Any:
+    """Local files go to HDF5 by path: its own I/O is a third faster than reads through Python.
+    Object stores keep VirtualiZarr's buffered obstore reader."""
+    from obspec_utils.readers import BlockStoreReader
+    from obstore.store import LocalStore
+
+    if isinstance(store, LocalStore) and store.prefix is None:
+        return "/" + path
+    return BlockStoreReader(store, path)
 
 
 def virtualize_file(source: SourceFile, options: VirtualizeOptions, registry: Any) -> xr.Dataset:
@@ -78,10 +100,7 @@ def virtualize_file(source: SourceFile, options: VirtualizeOptions, registry: An
     store, path = registry.resolve(source.url)
     kind = options.parser
     if kind == "auto":
-        import obstore
-
-        head = bytes(obstore.get_range(store, path, start=0, length=min(8, source.size)))
-        kind = sniff_format(head)
+        kind = sniff_format(_read_head(store, path, min(8, source.size)))
     manifest_store = make_parser(kind)(url=source.url, registry=registry)
     group = manifest_store._group  # the parsed root group; ManifestStore has no public accessor
     arrays = {str(k): v for k, v in group.arrays.items() if k not in options.drop_variables}
@@ -114,10 +133,13 @@ def _assemble(group: Any, arrays: dict[str, Any], loaded: dict[str, np.ndarray])
         coord_names = coord_names.split()
     variables = {}
     for name, array in arrays.items():
-        variable = array.to_virtual_variable()
-        if name in loaded:
-            variable = xr.Variable(variable.dims, loaded[name], variable.attrs)
-        variables[name] = variable
+        if name in loaded:  # no need to build the stripped virtual metadata of a loaded array
+            metadata = array.metadata
+            variables[name] = xr.Variable(
+                metadata.dimension_names or (), loaded[name], dict(metadata.attributes)
+            )
+        else:
+            variables[name] = array.to_virtual_variable()
     return construct_fully_virtual_dataset(variables, coord_names=coord_names, attrs=attributes)
 
 
