@@ -29,7 +29,8 @@ def demo_resources(archive: Path, store: Path, workers: int = 2) -> list[dict[st
             "spec": {
                 "storage": {"url": store.resolve().as_uri()},
                 "virtualChunkContainers": [{"urlPrefix": archive_url}],
-                "config": {"inlineThresholdBytes": 512, "compression": {"level": 3}},
+                # Coordinates (kilobytes) inline into the manifests: no object per coordinate.
+                "config": {"inlineThresholdBytes": 8192, "compression": {"level": 3}},
             },
         },
         {
