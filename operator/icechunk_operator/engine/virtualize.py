@@ -9,6 +9,7 @@ empty, truncated and data-less files, fixes, and splitting of contiguous arrays.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,15 +163,26 @@ def check_time_decodes(ds: xr.Dataset) -> None:
     if "time" not in ds.variables or not isinstance(ds["time"].data, np.ndarray):
         return
     attrs = ds["time"].attrs
-    units = attrs.get("units")
+    values = np.asarray(ds["time"].values)
+    if values.size == 0 or values.dtype.kind not in "iuf":
+        return
+    error = _time_decoding_error(
+        attrs.get("units"), attrs.get("calendar", "standard"), values.min().item(), values.max().item()
+    )
+    if error:
+        raise TimeDecodingError(error)
+
+
+@functools.lru_cache(maxsize=256)
+def _time_decoding_error(units: object, calendar: object, first: float, last: float) -> str | None:
+    """Files of one archive share their units: decoding the extremes once per kind is enough."""
     if not isinstance(units, str) or " since " not in units:
-        raise TimeDecodingError(f"time has no CF units ({units!r})")
+        return f"time has no CF units ({units!r})"
     try:
-        xr.coding.times.decode_cf_datetime(
-            np.asarray(ds["time"].values), units, attrs.get("calendar", "standard")
-        )
+        xr.coding.times.decode_cf_datetime(np.array([first, last]), units, str(calendar))
     except (ValueError, TypeError, OverflowError) as error:
-        raise TimeDecodingError(f"time units {units!r} do not decode: {error}") from None
+        return f"time units {units!r} do not decode: {error}"
+    return None
 
 
 def load_arrays(arrays: dict[str, Any], store: Any, path: str, manifest_store: Any) -> dict[str, np.ndarray]:
