@@ -1,4 +1,4 @@
-"""``icechunk-operator``: run ingest specs locally, or build and ingest the demo archive."""
+"""``icechunk-operator``: run ingest specs locally, run the Kubernetes operator or its commit pod."""
 
 from __future__ import annotations
 
@@ -31,6 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dir", type=Path, default=Path("demo-output"))
     demo.add_argument("--workers", type=int, default=2)
 
+    crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
+    crds.add_argument("-o", "--output", type=Path, default=Path("crds"), help="folder (default: crds)")
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (Kopf)")
+    where = operator.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    operator.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument("-v", "--verbose", action="store_true")
+
+    commit = commands.add_parser("commit", help="the commit pod: run one IngestBatch from the cluster")
+    commit.add_argument("--batch", required=True, help="NAMESPACE/NAME of the IngestBatch")
+    commit.add_argument("--scheduler", help="Dask scheduler (default: $ICECHUNK_OPERATOR_DASK_SCHEDULER)")
+
     args = parser.parse_args(argv)
     from icechunk_operator.engine.storage import quiet_logs
 
@@ -39,7 +53,51 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.file)
     if args.command == "demo":
         return _demo(args.dir, args.workers)
+    if args.command == "crds":
+        return _crds(args.output)
+    if args.command == "operator":
+        return _operator(args.namespace or [], args.liveness, args.verbose)
+    if args.command == "commit":
+        return _commit(args.batch, args.scheduler)
     return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
+
+
+def _crds(folder: Path) -> int:
+    from icechunk_operator.api.crds import write_crds
+
+    for path in write_crds(folder):
+        print(path)
+    return EXIT_OK
+
+
+def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int:
+    import logging
+
+    import kopf
+
+    import icechunk_operator.k8s.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    kopf.configure(verbose=verbose)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+        standalone=None,
+    )
+    return EXIT_OK
+
+
+def _commit(batch: str, scheduler: str | None) -> int:
+    import logging
+
+    from icechunk_operator.k8s.commit_pod import run_commit_pod
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return run_commit_pod(batch, scheduler=scheduler)
 
 
 def _validate(path: Path) -> int:

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from icechunk_operator.api.common import ApiModel, Condition, ResourceModel
+from icechunk_operator.api.common import (
+    ApiModel,
+    Condition,
+    ResourceModel,
+    cel,
+    conditions_field,
+    immutable_field,
+)
 
 
 class SourceSpec(ApiModel):
     """Exactly one of ``prefix`` (with ``glob``), ``files`` or ``index`` says which files to ingest."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.prefix), has(self.files), has(self.index)].filter(x, x).size() == 1",
+                    "exactly one of source.prefix, source.files, source.index must be set",
+                )
+            ]
+        }
+    )
 
     prefix: str | None = Field(default=None, description="List files under this URL prefix.")
     glob: str = Field(default="**/*.nc", description="Glob on paths relative to prefix.")
@@ -45,6 +64,14 @@ class Combine(StrEnum):
 class CombineRule(ApiModel):
     """A combine rule for groups whose path matches ``match`` (a glob on the group path)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.combine != 'concat' || has(self.dimension)", "combine 'concat' needs a dimension")
+            ]
+        }
+    )
+
     match: str = Field(default="*", description="Glob on the group path, e.g. 'GNSS/*'.")
     combine: Combine = Field(default=Combine.ONE)
     dimension: str | None = Field(default=None, description="Concatenation dimension.")
@@ -57,13 +84,29 @@ class CombineRule(ApiModel):
 
 
 class GroupingSpec(ApiModel):
-    """How a file path becomes a group path: a regex with named fields and a template."""
+    """How a file path becomes a group path: a regex with named fields and a template.
+
+    The API server refuses absolute templates and '.'/'..' segments; the engine checks the
+    rendered paths again, since a field value could contain them.
+    """
 
     pattern: str = Field(
         default=r"(?P<stem>[^/]+)\.nc$",
         description="Regex searched in the file URL; its named groups fill the template.",
     )
-    template: str = Field(default="{stem}", description="Group path, e.g. '{model}/{experiment}'.")
+    template: str = Field(
+        default="{stem}",
+        description="Group path, e.g. '{model}/{experiment}'.",
+        max_length=512,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.startsWith('/') && !self.matches('(^|/)[.][.]?(/|$)')",
+                    "grouping.template must be relative and contain no '.' or '..' segment",
+                )
+            ]
+        },
+    )
     rules: list[CombineRule] = Field(
         default_factory=lambda: [CombineRule()],
         description="Combine rules; the first whose match fits the group applies.",
@@ -139,6 +182,19 @@ class ExecutionSpec(ApiModel):
     files_per_task: int = Field(
         default=0, ge=0, le=10000, description="Files per Dask task; 0 chooses automatically."
     )
+    commit_memory: str = Field(default="2Gi", description="Memory of the commit pod (Kubernetes).")
+    commit_cpu: str = Field(default="1", description="CPU of the commit pod (Kubernetes).")
+    deadline_seconds: int = Field(
+        default=86400,
+        ge=60,
+        description="The batch fails if it has not finished this long after it started (Kubernetes).",
+    )
+    pod_retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Times a crashed commit pod is restarted; each restart resumes from the last commit.",
+    )
 
 
 class CommitSpec(ApiModel):
@@ -157,7 +213,7 @@ class FailureSpec(ApiModel):
 
 
 class IngestBatchSpec(ApiModel):
-    store: str = Field(description="Name of the IcechunkStore (same namespace).")
+    store: str = immutable_field("Name of the IcechunkStore (same namespace).", "spec.store")
     source: SourceSpec
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
     virtualization: VirtualizationSpec = Field(default_factory=VirtualizationSpec)
@@ -174,11 +230,27 @@ class FileCounts(ApiModel):
     skipped: int = 0
 
 
+class BatchPhase(StrEnum):
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
 class IngestBatchStatus(ApiModel):
-    conditions: list[Condition] = Field(default_factory=list)
+    phase: BatchPhase | None = Field(default=None, description="Queued, Running, Succeeded or Failed.")
+    conditions: list[Condition] = conditions_field()
     files: FileCounts = Field(default_factory=FileCounts)
-    commits: list[str] = Field(default_factory=list)
-    failure_log: str | None = None
+    progress: str | None = Field(default=None, description="Files done (ingested or skipped) / total.")
+    stage: str | None = Field(default=None, description="What the commit pod is doing now.")
+    message: str | None = Field(default=None, description="Why the commit pod refused the batch, if it did.")
+    commits: list[str] = Field(default_factory=list, description="Snapshot ids this batch committed.")
+    failure_log: str | None = Field(default=None, description="Where the failure records went.")
+    queue_position: int | None = Field(default=None, description="Batches ahead of this one on its store.")
+    commit_job: str | None = Field(default=None, description="Name of the commit Job.")
+    dask_cluster: str | None = Field(default=None, description="Name of the DaskCluster.")
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
     observed_generation: int | None = None
 
 
@@ -186,6 +258,12 @@ class IngestBatch(ResourceModel):
     kind_name: ClassVar[str] = "IngestBatch"
     plural: ClassVar[str] = "ingestbatches"
     short_names: ClassVar[tuple[str, ...]] = ("ib",)
+    printer_columns: ClassVar[tuple[dict[str, str], ...]] = (
+        {"name": "Store", "type": "string", "jsonPath": ".spec.store"},
+        {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Done/Total", "type": "string", "jsonPath": ".status.progress"},
+        {"name": "Failed", "type": "integer", "jsonPath": ".status.files.failed"},
+    )
 
     kind: Literal["IngestBatch"] = "IngestBatch"
     spec: IngestBatchSpec

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, JsonValue, field_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "icechunkoperator.io"
@@ -79,6 +79,29 @@ class Condition(ApiModel):
     message: str = ""
     observed_generation: int | None = None
     last_transition_time: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+def conditions_field() -> Any:
+    """A ``conditions`` list: one entry per type, merged by type on server-side apply."""
+    return Field(
+        default_factory=list,
+        description="Current conditions of the resource (Kubernetes API conventions).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+def cel(rule: str, message: str) -> JsonValue:
+    """One CEL validation rule for the CRD (``x-kubernetes-validations``)."""
+    return {"rule": rule, "message": message}
+
+
+def immutable_field(description: str, what: str, **options: Any) -> Any:
+    """A field whose value cannot change once the resource exists (checked by the API server)."""
+    return Field(
+        description=description,
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", f"{what} is immutable")]},
+        **options,
+    )
 
 
 class EnvCredentials(ApiModel):

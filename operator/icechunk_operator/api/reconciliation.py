@@ -9,9 +9,16 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from icechunk_operator.api.common import ApiModel, Condition, ResourceModel
+from icechunk_operator.api.common import (
+    ApiModel,
+    Condition,
+    ResourceModel,
+    cel,
+    conditions_field,
+    immutable_field,
+)
 
 
 class ReconciliationMode(StrEnum):
@@ -20,7 +27,15 @@ class ReconciliationMode(StrEnum):
 
 
 class ReconciliationSpec(ApiModel):
-    store: str = Field(description="Name of the IcechunkStore (same namespace).")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.index) != has(self.prefix)", "exactly one of index, prefix must be set")
+            ]
+        }
+    )
+
+    store: str = immutable_field("Name of the IcechunkStore (same namespace).", "spec.store")
     index: str | None = Field(default=None, description="Parquet index (url, size, etag/mtime).")
     prefix: str | None = Field(default=None, description="Or list this source prefix afresh.")
     glob: str = Field(default="**/*.nc")
@@ -38,7 +53,7 @@ class ReconciliationSpec(ApiModel):
 
 
 class ReconciliationStatus(ApiModel):
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = conditions_field()
     missing: int | None = None
     stale: int | None = None
     orphaned: int | None = None
@@ -52,6 +67,12 @@ class Reconciliation(ResourceModel):
     kind_name: ClassVar[str] = "Reconciliation"
     plural: ClassVar[str] = "reconciliations"
     short_names: ClassVar[tuple[str, ...]] = ("icr",)
+    printer_columns: ClassVar[tuple[dict[str, str], ...]] = (
+        {"name": "Store", "type": "string", "jsonPath": ".spec.store"},
+        {"name": "Missing", "type": "integer", "jsonPath": ".status.missing"},
+        {"name": "Stale", "type": "integer", "jsonPath": ".status.stale"},
+        {"name": "Orphaned", "type": "integer", "jsonPath": ".status.orphaned"},
+    )
 
     kind: Literal["Reconciliation"] = "Reconciliation"
     spec: ReconciliationSpec

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from icechunk_operator.api.common import ApiModel, Condition, Credentials, ResourceModel
+from icechunk_operator.api.common import (
+    ApiModel,
+    Condition,
+    Credentials,
+    ResourceModel,
+    conditions_field,
+    immutable_field,
+)
 
 SUPPORTED_SCHEMES = ("file", "s3", "gs", "az")
 
@@ -27,9 +35,10 @@ class ObjectStoreLocation(ApiModel):
 
 
 class StorageSpec(ObjectStoreLocation):
-    url: str = Field(
-        description="Repository location: file:///path, s3://bucket/prefix, gs://bucket/prefix "
-        "or az://container/prefix.",
+    url: str = immutable_field(
+        "Repository location: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.",
+        "spec.storage.url",
+        pattern=r"^(file|s3|gs|az)://.+",
     )
 
     @field_validator("url")
@@ -79,7 +88,10 @@ class RepositoryConfigSpec(ApiModel):
 class VirtualChunkContainerSpec(ObjectStoreLocation):
     """A source prefix this store may reference. Ingests outside every container are refused."""
 
-    url_prefix: str = Field(description="Source prefix, ending with '/', e.g. s3://ismip6/.")
+    url_prefix: str = Field(
+        description="Source prefix, ending with '/', e.g. s3://ismip6/.",
+        pattern=r"^(file|s3|gs|az)://.*/$",
+    )
 
     @field_validator("url_prefix")
     @classmethod
@@ -122,10 +134,12 @@ class IcechunkStoreSpec(ApiModel):
 
 
 class IcechunkStoreStatus(ApiModel):
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = conditions_field()
     branches: dict[str, str] = Field(default_factory=dict, description="Branch name to tip snapshot.")
-    last_snapshot: str | None = None
+    last_snapshot: str | None = Field(default=None, description="Tip snapshot of the store's branch.")
+    last_commit_time: datetime | None = None
     datasets: int | None = Field(default=None, description="Number of ingested groups.")
+    sources: int | None = Field(default=None, description="Number of source files in the ledger.")
     observed_generation: int | None = None
 
 
@@ -133,6 +147,11 @@ class IcechunkStore(ResourceModel):
     kind_name: ClassVar[str] = "IcechunkStore"
     plural: ClassVar[str] = "icechunkstores"
     short_names: ClassVar[tuple[str, ...]] = ("ics",)
+    printer_columns: ClassVar[tuple[dict[str, str], ...]] = (
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        {"name": "Snapshot", "type": "string", "jsonPath": ".status.lastSnapshot"},
+        {"name": "Datasets", "type": "integer", "jsonPath": ".status.datasets"},
+    )
 
     kind: Literal["IcechunkStore"] = "IcechunkStore"
     spec: IcechunkStoreSpec

@@ -182,6 +182,10 @@ def initialize_repository(repo: icechunk.Repository, branch: str) -> str | None:
     """Give a new repository its root and ledger groups, so forks and parents never collide."""
     from icechunk_operator.engine.ledger import skeleton_documents
 
+    if branch != "main" and branch not in repo.list_branches():
+        # A new branch starts from main, initialized first, so it shares main's history.
+        initialize_repository(repo, "main")
+        repo.create_branch(branch, repo.lookup_branch("main"))
     session = repo.readonly_session(branch=branch)
     with asyncio.Runner() as runner:
         if runner.run(session.store.exists("_icechunk_operator/ledger/zarr.json")):

@@ -8,14 +8,39 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from icechunk_operator.api.common import Credentials
 
 
 class CredentialsError(ValueError):
     pass
+
+
+#: Extra variables that take precedence over the process environment for the current context.
+#: The operator opens stores of many namespaces in one process, each with its own Secret, so it
+#: cannot put their keys into ``os.environ``; it sets them here, per call, instead.
+_NO_OVERLAY: Mapping[str, str] = MappingProxyType({})
+_overlay: ContextVar[Mapping[str, str]] = ContextVar("credentials_overlay", default=_NO_OVERLAY)
+
+
+@contextmanager
+def credentials_environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Resolve credentials from ``values`` first, then the process environment, inside the block."""
+    token = _overlay.set({**_overlay.get(), **values})
+    try:
+        yield
+    finally:
+        _overlay.reset(token)
+
+
+def _getenv(name: str) -> str | None:
+    return _overlay.get().get(name) or os.environ.get(name) or None
 
 
 @dataclass(frozen=True, repr=False)
@@ -42,11 +67,11 @@ def resolve_credentials(spec: Credentials, scheme: str) -> ResolvedCredentials:
         return _from_file(Path(spec.file), scheme)
     env = spec.env
     return ResolvedCredentials(
-        s3_access_key_id=os.environ.get(env.access_key_id) or None,
-        s3_secret_access_key=os.environ.get(env.secret_access_key) or None,
-        s3_session_token=os.environ.get(env.session_token) or None,
-        azure_account_key=os.environ.get(env.azure_account_key) or None,
-        azure_sas_token=os.environ.get(env.azure_sas_token) or None,
+        s3_access_key_id=_getenv(env.access_key_id),
+        s3_secret_access_key=_getenv(env.secret_access_key),
+        s3_session_token=_getenv(env.session_token),
+        azure_account_key=_getenv(env.azure_account_key),
+        azure_sas_token=_getenv(env.azure_sas_token),
     )
 
 

@@ -195,3 +195,29 @@ def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk
         authorize_virtual_chunk_access=credentials,
         spec_version=spec.config.spec_version,
     )
+
+
+def delete_repository(spec: StorageSpec) -> int:
+    """Delete every object of the repository (deletionPolicy: Delete); returns how many."""
+    import obstore
+
+    from icechunk_operator.engine.objects import build_object_store
+
+    scheme, _, path = split_url(spec.url)
+    if scheme == "file":
+        import shutil
+        from pathlib import Path
+
+        root = Path(path)
+        count = sum(1 for item in root.rglob("*") if item.is_file()) if root.exists() else 0
+        shutil.rmtree(root, ignore_errors=True)
+        return count
+    store, path = build_object_store(spec.url, spec)
+    prefix = path.strip("/") + "/"
+    deleted = 0
+    for listed in obstore.list(store, prefix=prefix, chunk_size=1000):
+        paths = [entry["path"] for entry in listed]
+        if paths:
+            obstore.delete(store, paths)
+            deleted += len(paths)
+    return deleted

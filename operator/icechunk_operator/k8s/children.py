@@ -1,0 +1,200 @@
+"""The objects an IngestBatch owns: its commit Job and its DaskCluster (pure manifest builders).
+
+Both carry an owner reference to the batch, so deleting the batch lets the garbage collector
+remove them, and the labels the operator selects on. Pods run as non-root, with no privilege
+escalation, a read-only root filesystem and every capability dropped; credentials reach them only
+as references to Secrets (``envFrom``), never as values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.k8s import names
+from icechunk_operator.k8s.settings import OperatorSettings
+
+POD_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "fsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "privileged": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+SCRATCH_VOLUME = {"name": "scratch", "emptyDir": {}}
+SCRATCH_MOUNT = {"name": "scratch", "mountPath": "/tmp"}
+SCRATCH_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "TMPDIR", "value": "/tmp"}]
+
+
+def owner_reference(batch: IngestBatch) -> dict[str, Any]:
+    return {
+        "apiVersion": batch.api_version,
+        "kind": batch.kind,
+        "name": batch.metadata.name,
+        "uid": batch.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_labels(batch: IngestBatch, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "icechunk-operator",
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_COMPONENT: component,
+        names.LABEL_STORE: batch.spec.store,
+        names.LABEL_BATCH: batch.metadata.name,
+    }
+
+
+def _secret_env(secret_names: list[str]) -> list[dict[str, Any]]:
+    return [{"secretRef": {"name": name}} for name in dict.fromkeys(secret_names)]
+
+
+def source_secrets(store: IcechunkStore) -> list[str]:
+    """Secrets that grant read access to the store's source containers (workers need these)."""
+    return [
+        c.credentials.secret_ref.name for c in store.spec.virtual_chunk_containers if c.credentials.secret_ref
+    ]
+
+
+def store_secrets(store: IcechunkStore) -> list[str]:
+    """Secrets for the repository itself and its sources (the commit pod needs both)."""
+    own = (
+        [store.spec.storage.credentials.secret_ref.name] if store.spec.storage.credentials.secret_ref else []
+    )
+    return own + source_secrets(store)
+
+
+def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSettings) -> dict[str, Any]:
+    """The single writer of this batch: runs ``icechunk-operator commit`` against the Dask cluster."""
+    namespace = batch.metadata.namespace or "default"
+    execution = batch.spec.execution
+    labels = child_labels(batch, "commit")
+    resources = {
+        "requests": {"cpu": execution.commit_cpu, "memory": execution.commit_memory},
+        "limits": {"memory": execution.commit_memory},
+    }
+    container: dict[str, Any] = {
+        "name": "commit",
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["icechunk-operator", "commit", "--batch", f"{namespace}/{batch.metadata.name}"],
+        "env": [
+            {"name": names.ENV_SCHEDULER, "value": _scheduler_for(batch, namespace)},
+            {"name": names.ENV_WORKERS, "value": str(execution.workers)},
+            *SCRATCH_ENV,
+        ],
+        "resources": resources,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [SCRATCH_MOUNT],
+    }
+    if secrets := store_secrets(store):
+        container["envFrom"] = _secret_env(secrets)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": names.commit_job_name(batch.metadata.name),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner_reference(batch)],
+        },
+        "spec": {
+            "backoffLimit": execution.pod_retries,
+            "activeDeadlineSeconds": execution.deadline_seconds,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "commit",
+                            "operator": "In",
+                            "values": [names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": settings.commit_service_account,
+                    "automountServiceAccountToken": True,
+                    "securityContext": POD_SECURITY_CONTEXT,
+                    "containers": [container],
+                    "volumes": [SCRATCH_VOLUME],
+                },
+            },
+        },
+    }
+
+
+def _scheduler_for(batch: IngestBatch, namespace: str) -> str:
+    if batch.spec.execution.scheduler:
+        return batch.spec.execution.scheduler
+    return names.scheduler_address(names.dask_cluster_name(batch.metadata.name), namespace)
+
+
+def needs_dask_cluster(batch: IngestBatch) -> bool:
+    """A batch that names an existing scheduler brings its own workers."""
+    return batch.spec.execution.scheduler is None
+
+
+def dask_cluster(batch: IngestBatch, store: IcechunkStore, settings: OperatorSettings) -> dict[str, Any]:
+    """The batch's Dask workers, as a DaskCluster for the Dask operator (dask-kubernetes)."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    execution = batch.spec.execution
+    name = names.dask_cluster_name(batch.metadata.name)
+    resources = {
+        "requests": {"cpu": execution.worker_cpu, "memory": execution.worker_memory},
+        "limits": {"memory": execution.worker_memory},
+    }
+    cluster: dict[str, Any] = make_cluster_spec(
+        name=name, image=settings.image, n_workers=execution.workers, resources=resources
+    )
+    cluster["metadata"].update(
+        {
+            "namespace": batch.metadata.namespace or "default",
+            "labels": child_labels(batch, "dask"),
+            "ownerReferences": [owner_reference(batch)],
+        }
+    )
+    secrets = _secret_env(source_secrets(store))
+    for role in ("scheduler", "worker"):
+        pod = cluster["spec"][role]["spec"]
+        pod["serviceAccountName"] = settings.worker_service_account
+        pod["automountServiceAccountToken"] = False
+        pod["securityContext"] = POD_SECURITY_CONTEXT
+        pod["volumes"] = [SCRATCH_VOLUME]
+        if role == "worker":
+            pod["nodeSelector"] = settings.worker_node_selector
+            pod["tolerations"] = settings.worker_tolerations
+        for container in pod["containers"]:
+            container["imagePullPolicy"] = settings.image_pull_policy
+            container["securityContext"] = CONTAINER_SECURITY_CONTEXT
+            container["volumeMounts"] = [SCRATCH_MOUNT]
+            container["env"] = [*(container.get("env") or []), *SCRATCH_ENV]
+            if role == "worker":
+                container["args"] += [
+                    "--nthreads",
+                    str(execution.threads_per_worker),
+                    "--memory-limit",
+                    execution.worker_memory,
+                ]
+                if secrets:
+                    container["envFrom"] = secrets
+    cluster["spec"]["scheduler"]["spec"]["containers"][0]["resources"] = {
+        "requests": {"cpu": "250m", "memory": "512Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    return cluster

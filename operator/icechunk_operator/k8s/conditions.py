@@ -1,0 +1,65 @@
+"""Status conditions in the Kubernetes API conventions (pure).
+
+One condition per phase type plus ``Ready`` on stores. A condition keeps its
+``lastTransitionTime`` while its status stays the same, so re-applying the same state changes
+nothing and never makes a GitOps diff.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+BATCH_CONDITION_TYPES = ("Queued", "Running", "Succeeded", "Failed")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """``conditions`` with ``type_`` set; the transition time moves only when the status flips."""
+    value = "True" if status else "False"
+    previous = next((c for c in conditions if c.get("type") == type_), None)
+    since = previous["lastTransitionTime"] if previous and previous.get("status") == value else now()
+    updated = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    return [c for c in conditions if c.get("type") != type_] + [updated]
+
+
+def batch_phase_conditions(
+    conditions: list[dict[str, Any]], phase: str, reason: str, message: str, generation: int | None
+) -> list[dict[str, Any]]:
+    """Exactly the phase's condition True and the other phase conditions False."""
+    result = list(conditions)
+    for type_ in BATCH_CONDITION_TYPES:
+        active = type_ == phase
+        result = set_condition(result, type_, active, reason, message if active else "", generation)
+    return result
+
+
+def conditions_equal(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
+    def key(c: dict[str, Any]) -> tuple[Any, ...]:
+        return (
+            c.get("type"),
+            c.get("status"),
+            c.get("reason"),
+            c.get("message"),
+            c.get("observedGeneration"),
+        )
+
+    return sorted(map(key, left)) == sorted(map(key, right))

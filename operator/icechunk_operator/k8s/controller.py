@@ -1,0 +1,412 @@
+"""The operator's actions: validate batches, run each store's queue, keep store status true.
+
+Kopf handlers (``handlers.py``) call into one :class:`Controller`. Decisions come from pure
+functions (``queue.plan_queue``, ``conditions``); this module reads what they need, and carries
+them out through :class:`KubeApi`. Every action re-reads the object it changes and is safe to
+repeat, so a restarted operator or a duplicated event never does anything twice. Nothing here
+holds a secret longer than one store probe, and no status or log line carries one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.store import DeletionPolicy, IcechunkStore
+from icechunk_operator.k8s import children, names
+from icechunk_operator.k8s.conditions import batch_phase_conditions, now, set_condition
+from icechunk_operator.k8s.kube import KubeApi
+from icechunk_operator.k8s.queue import BatchView, JobOutcome, JobView, plan_queue
+from icechunk_operator.k8s.settings import OperatorSettings
+
+log = logging.getLogger("icechunk_operator.controller")
+
+#: Posts a Kubernetes Event: (object body, type "Normal"/"Warning", reason, message).
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+def job_view(job: dict[str, Any]) -> JobView:
+    """What the queue needs of a Job: whose it is and whether it ended."""
+    metadata = job.get("metadata", {})
+    owners = [o for o in metadata.get("ownerReferences") or [] if o.get("kind") == "IngestBatch"]
+    outcome, reason, message = JobOutcome.RUNNING, "", ""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            outcome, reason, message = JobOutcome.COMPLETE, condition.get("reason", ""), ""
+        elif condition.get("type") == "Failed":
+            outcome = JobOutcome.FAILED
+            reason, message = condition.get("reason", ""), condition.get("message", "")
+    return JobView(
+        name=metadata.get("name", ""),
+        batch=(metadata.get("labels") or {}).get(names.LABEL_BATCH, ""),
+        owner_uid=owners[0]["uid"] if owners else None,
+        outcome=outcome,
+        reason=reason,
+        message=message,
+    )
+
+
+def batch_view(body: dict[str, Any]) -> BatchView:
+    metadata, status = body.get("metadata", {}), body.get("status") or {}
+    queued: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Queued"), {}
+    )
+    return BatchView(
+        name=metadata["name"],
+        uid=metadata.get("uid", ""),
+        created=metadata.get("creationTimestamp", ""),
+        phase=status.get("phase"),
+        waiting_for_store=queued.get("reason") == "WaitingForStore",
+    )
+
+
+@dataclass
+class BatchCheck:
+    """A batch read against its store: the models, or why it cannot run (now or ever)."""
+
+    batch: IngestBatch | None = None
+    store: IcechunkStore | None = None
+    invalid: str | None = None  # never runnable: the batch ends Failed
+    waiting: str | None = None  # not runnable yet: the batch stays Queued
+
+
+class Controller:
+    def __init__(self, api: KubeApi, settings: OperatorSettings, post_event: EventPoster) -> None:
+        self.api = api
+        self.settings = settings
+        self.post_event = post_event
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._probed_at: dict[tuple[str, str], float] = {}
+
+    # Batches -------------------------------------------------------------------------------
+    def check_batch(self, body: dict[str, Any]) -> BatchCheck:
+        """Validate a batch against its store, as the CLI and the commit pod would."""
+        from icechunk_operator.engine.sources import check_sources
+        from icechunk_operator.engine.templates import GroupPathError
+        from icechunk_operator.engine.urls import SourceOutsideContainersError
+
+        try:
+            batch = IngestBatch.model_validate(_spec_only(body))
+        except ValidationError as error:
+            return BatchCheck(invalid=_first_error(error))
+        namespace = batch.metadata.namespace or "default"
+        store_body = self.api.get(names.STORES, namespace, batch.spec.store)
+        if store_body is None:
+            return BatchCheck(batch=batch, waiting=f"IcechunkStore {batch.spec.store} does not exist yet")
+        try:
+            store = IcechunkStore.model_validate(_spec_only(store_body))
+        except ValidationError as error:
+            return BatchCheck(batch=batch, waiting=f"IcechunkStore {batch.spec.store}: {_first_error(error)}")
+        try:
+            check_sources(batch.spec.source, store.spec)
+        except (SourceOutsideContainersError, GroupPathError, ValueError) as error:
+            return BatchCheck(batch=batch, store=store, invalid=str(error))
+        if not _is_ready(store_body):
+            return BatchCheck(
+                batch=batch, store=store, waiting=f"IcechunkStore {batch.spec.store} is not Ready"
+            )
+        return BatchCheck(batch=batch, store=store)
+
+    def set_batch_phase(
+        self, body: dict[str, Any], phase: str, reason: str, message: str, **fields: Any
+    ) -> bool:
+        """Move a batch to ``phase``; False (and nothing written) when it is already there."""
+        status = body.get("status") or {}
+        generation = body["metadata"].get("generation")
+        conditions = batch_phase_conditions(
+            status.get("conditions") or [], phase, reason, message, generation
+        )
+        if (
+            status.get("phase") == phase
+            and conditions == (status.get("conditions") or [])
+            and all(status.get(k) == v for k, v in fields.items())
+        ):
+            return False
+        patch = {"phase": phase, "conditions": conditions, "observedGeneration": generation, **fields}
+        if phase != "Queued":
+            patch["queuePosition"] = None
+        self.api.patch_status(names.BATCHES, body["metadata"]["namespace"], body["metadata"]["name"], patch)
+        return True
+
+    async def admit_batch(self, body: dict[str, Any]) -> str | None:
+        """Check a new or changed batch; returns its store when it belongs in a queue."""
+        status = body.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed") or status.get("phase") == "Running":
+            return _store_of(body)
+        check = await asyncio.to_thread(self.check_batch, body)
+        if check.invalid is not None:
+            if await asyncio.to_thread(self.set_batch_phase, body, "Failed", "InvalidSpec", check.invalid):
+                self.post_event(body, "Warning", "InvalidSpec", check.invalid)
+            return None
+        reason, message = (
+            ("WaitingForStore", check.waiting) if check.waiting else ("Submitted", "Waiting in queue")
+        )
+        if await asyncio.to_thread(self.set_batch_phase, body, "Queued", reason, message or ""):
+            self.post_event(body, "Normal", reason, message or "")
+        return _store_of(body)
+
+    # The queue of one store ------------------------------------------------------------------
+    async def reconcile_queue(self, namespace: str, store: str, batches: Iterable[BatchView]) -> None:
+        """Finish ended batches, adopt running ones, start the next: one store at a time."""
+        async with self._locks[(namespace, store)]:
+            store_body = await asyncio.to_thread(self.api.get, names.STORES, namespace, store)
+            jobs = [job_view(j) for j in await asyncio.to_thread(self.api.store_jobs, namespace, store)]
+            decision = plan_queue(
+                list(batches), jobs, store_ready=store_body is not None and _is_ready(store_body)
+            )
+            finished_any = False
+            for batch, job in decision.finish:
+                finished_any |= await asyncio.to_thread(self._finish, namespace, batch, job)
+            for batch, job in decision.adopt:
+                await asyncio.to_thread(self._adopt, namespace, batch, job)
+            for batch in decision.lost:
+                await asyncio.to_thread(self._lost, namespace, batch)
+            if decision.start is not None:
+                await asyncio.to_thread(self._start, namespace, decision.start)
+            for name, position in decision.positions.items():
+                await asyncio.to_thread(self._set_position, namespace, name, position, decision.blocked_by)
+        if finished_any and store_body is not None:
+            await self.refresh_store(store_body, force=True)
+
+    def _fresh(self, namespace: str, view: BatchView) -> dict[str, Any] | None:
+        body = self.api.get(names.BATCHES, namespace, view.name)
+        if body is None or body["metadata"].get("uid") != view.uid:
+            return None
+        return body
+
+    def _start(self, namespace: str, view: BatchView) -> None:
+        body = self._fresh(namespace, view)
+        if body is None or (body.get("status") or {}).get("phase") not in (None, "Queued"):
+            return
+        check = self.check_batch(body)
+        if check.invalid is not None:
+            if self.set_batch_phase(body, "Failed", "InvalidSpec", check.invalid):
+                self.post_event(body, "Warning", "InvalidSpec", check.invalid)
+            return
+        if check.waiting is not None or check.batch is None or check.store is None:
+            return
+        # The queue was planned from watch caches; the API server has the final word on
+        # whether another writer holds the store.
+        running = [job_view(j) for j in self.api.store_jobs(namespace, check.batch.spec.store)]
+        if any(j.outcome == JobOutcome.RUNNING and j.batch != view.name for j in running):
+            return
+        batch, store = check.batch, check.store
+        cluster_name = None
+        if children.needs_dask_cluster(batch):
+            cluster = children.dask_cluster(batch, store, self.settings)
+            self.api.create_dask_cluster(cluster)
+            cluster_name = cluster["metadata"]["name"]
+        job = self.api.create_job(children.commit_job(batch, store, self.settings))
+        job_name = job["metadata"]["name"]
+        message = f"commit Job {job_name} started" + (
+            f" with DaskCluster {cluster_name}" if cluster_name else ""
+        )
+        self.set_batch_phase(
+            body,
+            "Running",
+            "Started",
+            message,
+            startTime=now(),
+            commitJob=job_name,
+            daskCluster=cluster_name,
+        )
+        self.post_event(body, "Normal", "Started", message)
+        log.info("batch %s/%s: %s", namespace, view.name, message)
+
+    def _adopt(self, namespace: str, view: BatchView, job: JobView) -> None:
+        """A Job runs for a batch not marked Running (the operator stopped in between)."""
+        body = self._fresh(namespace, view)
+        if body is None or (body.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed"):
+            return
+        self.set_batch_phase(
+            body, "Running", "Started", f"commit Job {job.name} running", commitJob=job.name, startTime=now()
+        )
+
+    def _lost(self, namespace: str, view: BatchView) -> None:
+        """Running, yet no Job: confirm with the API server before calling it failed."""
+        body = self._fresh(namespace, view)
+        if body is None or (body.get("status") or {}).get("phase") != "Running":
+            return
+        jobs = [job_view(j) for j in self.api.store_jobs(namespace, _store_of(body))]
+        if any(j.batch == view.name and j.owner_uid == view.uid for j in jobs):
+            return
+        message = "the commit Job disappeared before the batch finished; re-apply the batch to resume"
+        if self.set_batch_phase(body, "Failed", "CommitJobLost", message, completionTime=now()):
+            self.post_event(body, "Warning", "CommitJobLost", message)
+        self._teardown(namespace, body)
+
+    def _finish(self, namespace: str, view: BatchView, job: JobView) -> bool:
+        body = self._fresh(namespace, view)
+        if body is None or (body.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return False
+        files = (body.get("status") or {}).get("files") or {}
+        counts = (
+            f"{files.get('done', 0)} ingested, {files.get('skipped', 0)} skipped, "
+            f"{files.get('failed', 0)} failed of {files.get('total', 0)}"
+        )
+        if job.outcome == JobOutcome.COMPLETE:
+            phase, reason, message = "Succeeded", "Completed", counts
+        else:
+            phase, reason = "Failed", job.reason or "JobFailed"
+            message = f"{job.message or 'commit Job failed'}; {counts}"
+        self.set_batch_phase(body, phase, reason, message, completionTime=now())
+        self._teardown(namespace, body)
+        self.post_event(body, "Normal" if phase == "Succeeded" else "Warning", reason, message)
+        log.info("batch %s/%s: %s (%s)", namespace, view.name, phase, message)
+        return True
+
+    def _teardown(self, namespace: str, body: dict[str, Any]) -> None:
+        cluster = (body.get("status") or {}).get("daskCluster") or names.dask_cluster_name(
+            body["metadata"]["name"]
+        )
+        if self.api.delete_dask_cluster(namespace, cluster):
+            self.post_event(body, "Normal", "DaskClusterDeleted", f"DaskCluster {cluster} deleted")
+
+    def _set_position(self, namespace: str, name: str, position: int, blocked_by: str | None) -> None:
+        body = self.api.get(names.BATCHES, namespace, name)
+        if body is None:
+            return
+        status = body.get("status") or {}
+        if status.get("phase") not in (None, "Queued") or status.get("queuePosition") == position:
+            return
+        self.api.patch_status(names.BATCHES, namespace, name, {"queuePosition": position})
+
+    # Stores --------------------------------------------------------------------------------
+    def store_secret_env(self, store: IcechunkStore) -> dict[str, str]:
+        namespace = store.metadata.namespace or "default"
+        values: dict[str, str] = {}
+        for secret in children.store_secrets(store):
+            values.update(self.api.secret_values(namespace, secret))
+        return values
+
+    async def refresh_store(self, body: dict[str, Any], *, force: bool = False) -> None:
+        """Open the store and write Ready, branches, last snapshot and counts into its status."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        status = body.get("status") or {}
+        generation = metadata.get("generation")
+        due = time.monotonic() - self._probed_at.get(key, float("-inf")) > self.settings.store_refresh_seconds
+        if not (force or due or status.get("observedGeneration") != generation):
+            return
+        self._probed_at[key] = time.monotonic()
+        conditions = status.get("conditions") or []
+        try:
+            store = IcechunkStore.model_validate(_spec_only(body))
+            facts = await asyncio.to_thread(self._probe, store)
+        except Exception as error:  # any failure to open the store is reported, not raised
+            message = _safe_error(error)
+            patch: dict[str, Any] = {
+                "conditions": set_condition(
+                    conditions, "Ready", False, "RepositoryError", message, generation
+                ),
+                "observedGeneration": generation,
+            }
+            await asyncio.to_thread(self.api.patch_status, names.STORES, key[0], key[1], patch)
+            if _is_ready(body) or status.get("observedGeneration") != generation:
+                self.post_event(body, "Warning", "RepositoryError", message)
+            return
+        ready_message = f"{facts.datasets} datasets from {facts.sources} source files"
+        patch = {
+            "conditions": set_condition(
+                conditions, "Ready", True, "RepositoryReady", ready_message, generation
+            ),
+            "branches": facts.branches,
+            "lastSnapshot": facts.last_snapshot,
+            "lastCommitTime": facts.last_commit_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if facts.last_commit_time
+            else None,
+            "datasets": facts.datasets,
+            "sources": facts.sources,
+            "observedGeneration": generation,
+        }
+        was_ready = _is_ready(body)
+        await asyncio.to_thread(self.api.patch_status, names.STORES, key[0], key[1], patch)
+        if not was_ready:
+            self.post_event(body, "Normal", "RepositoryReady", ready_message)
+
+    def _probe(self, store: IcechunkStore) -> Any:
+        from icechunk_operator.k8s.store_probe import probe_store
+
+        return probe_store(store.spec, self.store_secret_env(store))
+
+    async def sync_store_finalizer(self, body: dict[str, Any]) -> bool:
+        """Keep the delete-data finalizer exactly when the policy is Delete; True when deleted."""
+        metadata = body["metadata"]
+        finalizers = list(metadata.get("finalizers") or [])
+        has = names.FINALIZER_DELETE_DATA in finalizers
+        policy = (body.get("spec") or {}).get("deletionPolicy", DeletionPolicy.RETAIN.value)
+        deleting = metadata.get("deletionTimestamp") is not None
+        if deleting:
+            if has:
+                if policy == DeletionPolicy.DELETE.value:
+                    store = IcechunkStore.model_validate(_spec_only(body))
+                    count = await asyncio.to_thread(self._delete_data, store)
+                    log.info(
+                        "store %s/%s: deleted %d objects", metadata["namespace"], metadata["name"], count
+                    )
+                finalizers.remove(names.FINALIZER_DELETE_DATA)
+                await asyncio.to_thread(
+                    self.api.patch_metadata,
+                    names.STORES,
+                    metadata["namespace"],
+                    metadata["name"],
+                    {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
+                )
+            return True
+        wanted = policy == DeletionPolicy.DELETE.value
+        if wanted != has:
+            finalizers = (
+                [*finalizers, names.FINALIZER_DELETE_DATA]
+                if wanted
+                else [f for f in finalizers if f != names.FINALIZER_DELETE_DATA]
+            )
+            await asyncio.to_thread(
+                self.api.patch_metadata,
+                names.STORES,
+                metadata["namespace"],
+                metadata["name"],
+                {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
+            )
+        return False
+
+    def _delete_data(self, store: IcechunkStore) -> int:
+        from icechunk_operator.engine.credentials import credentials_environment
+        from icechunk_operator.engine.storage import delete_repository
+
+        with credentials_environment(self.store_secret_env(store)):
+            return delete_repository(store.spec.storage)
+
+
+def _spec_only(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+
+
+def _store_of(body: dict[str, Any]) -> str:
+    return str((body.get("spec") or {}).get("store", ""))
+
+
+def _is_ready(body: dict[str, Any]) -> bool:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}"
+
+
+def _safe_error(error: BaseException) -> str:
+    """An error message for status and events: its class and first line, nothing longer."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:512]

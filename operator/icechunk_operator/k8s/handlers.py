@@ -1,0 +1,124 @@
+"""Kopf wiring: which events reach which :class:`Controller` action.
+
+The operator is level-triggered: every handler here is an ``on.event``, a timer or an index, none
+keeps state in the objects (no Kopf annotations, no Kopf finalizers), and each leads to the same
+question, "what should this store's queue look like now?", answered from the API server. An
+operator that restarts lists everything again and carries on from the children and status it
+finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, cast
+
+import kopf
+
+from icechunk_operator.k8s import names
+from icechunk_operator.k8s.controller import Controller, batch_view
+from icechunk_operator.k8s.kube import KubeApi, load_config
+from icechunk_operator.k8s.queue import BatchView
+from icechunk_operator.k8s.settings import OperatorSettings
+
+QUEUE_INTERVAL = float(os.environ.get("ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS", "10"))
+JOB_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "commit"}
+
+
+def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(kopf.Body(cast(kopf.RawBody, body)), type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.WARNING  # our own Events are posted explicitly
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    settings.persistence.finalizer = f"{names.GROUP}/kopf"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration"
+    )
+    peering = os.environ.get("ICECHUNK_OPERATOR_PEERING")
+    settings.peering.standalone = not peering
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+    load_config()
+    memo["controller"] = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
+
+
+def _controller(memo: Any) -> Controller:
+    controller: Controller = memo["controller"]
+    return controller
+
+
+@kopf.index(names.GROUP, names.VERSION, names.BATCHES)
+def batches_by_store(
+    namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], BatchView]:
+    """Every batch, by (namespace, store): the queue is read from here, not from API lists."""
+    return {(namespace or "default", str(spec.get("store", ""))): batch_view(dict(body))}
+
+
+def _queue(index: kopf.Index[tuple[str, str], BatchView], namespace: str, store: str) -> list[BatchView]:
+    return list(index.get((namespace, store), []))
+
+
+def _namespace(namespace: str | None) -> str:
+    return namespace or "default"  # every resource here is namespaced; Kopf types allow None
+
+
+BatchIndex = kopf.Index[tuple[str, str], BatchView]
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.BATCHES)
+async def batch_changed(
+    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any
+) -> None:
+    controller, namespace = _controller(memo), _namespace(namespace)
+    store = str(spec.get("store", ""))
+    if event["type"] != "DELETED" and body.meta.get("deletionTimestamp") is None:
+        admitted = await controller.admit_batch(dict(body))
+        if admitted is None:
+            return
+    index: BatchIndex = kwargs["batches_by_store"]
+    await controller.reconcile_queue(namespace, store, _queue(index, namespace, store))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
+async def job_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
+    namespace, store = _namespace(namespace), labels.get(names.LABEL_STORE, "")
+    index: BatchIndex = kwargs["batches_by_store"]
+    await _controller(memo).reconcile_queue(namespace, store, _queue(index, namespace, store))
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.STORES)
+async def store_changed(
+    event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any
+) -> None:
+    if event["type"] == "DELETED":
+        return
+    controller, namespace = _controller(memo), _namespace(namespace)
+    if await controller.sync_store_finalizer(dict(body)):
+        return
+    await controller.refresh_store(dict(body))
+    queue = _queue(kwargs["batches_by_store"], namespace, name)
+    for view in queue:
+        if view.phase is None or view.waiting_for_store:  # the store may be what they waited for
+            batch = await asyncio.to_thread(controller.api.get, names.BATCHES, namespace, view.name)
+            if batch is not None:
+                await controller.admit_batch(batch)
+    await controller.reconcile_queue(namespace, name, queue)
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.STORES, interval=QUEUE_INTERVAL, sharp=False)
+async def store_tick(body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
+    """The safety net: re-check every store's queue and status even when no event came."""
+    if body.meta.get("deletionTimestamp") is not None:
+        return
+    controller, namespace = _controller(memo), _namespace(namespace)
+    await controller.refresh_store(dict(body))
+    await controller.reconcile_queue(namespace, name, _queue(kwargs["batches_by_store"], namespace, name))

@@ -1,0 +1,128 @@
+"""Thin calls to the Kubernetes API (the ``kubernetes`` client), as plain dictionaries.
+
+Everything else in this package works on dictionaries and pydantic models; this module is the
+only one that knows the client's classes. Creating a child that already exists returns the
+existing one, and deleting one that is gone is not an error, so every caller can be re-run.
+"""
+
+from __future__ import annotations
+
+import base64
+from functools import cached_property
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from icechunk_operator.k8s import names
+
+
+def load_config() -> None:
+    """In-cluster service-account credentials when in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
+def is_status(error: BaseException, code: int) -> bool:
+    return isinstance(error, ApiException) and error.status == code
+
+
+class KubeApi:
+    """The API calls the operator and the commit pod make, nothing more (see the RBAC rules)."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self._client = api_client or client.ApiClient()
+
+    @cached_property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self._client)
+
+    @cached_property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self._client)
+
+    @cached_property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self._client)
+
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        plain: dict[str, Any] = self._client.sanitize_for_serialization(obj)
+        return plain
+
+    # Our resources -------------------------------------------------------------------------
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: Any = self.custom.get_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, plural, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(obj)
+
+    def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        listed: Any = self.custom.list_namespaced_custom_object(names.GROUP, names.VERSION, namespace, plural)
+        return list(listed.get("items", []))
+
+    def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch ``status``; fields not named are left to whoever else writes them."""
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                names.GROUP, names.VERSION, namespace, plural, name, {"status": status}
+            )
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile: nothing left to report on
+                raise
+
+    def patch_metadata(self, plural: str, namespace: str, name: str, metadata: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, plural, name, {"metadata": metadata}
+        )
+
+    # Children ------------------------------------------------------------------------------
+    def store_jobs(self, namespace: str, store: str) -> list[dict[str, Any]]:
+        selector = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},{names.LABEL_STORE}={store}"
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)
+        return [self._plain(job) for job in jobs.items]
+
+    def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        try:
+            return self._plain(self.batch.create_namespaced_job(namespace, manifest))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return self._plain(self.batch.read_namespaced_job(name, namespace))
+
+    def create_dask_cluster(self, manifest: dict[str, Any]) -> None:
+        try:
+            self.custom.create_namespaced_custom_object(
+                names.DASK_GROUP,
+                names.DASK_VERSION,
+                manifest["metadata"]["namespace"],
+                names.DASK_CLUSTERS,
+                manifest,
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
+    def delete_dask_cluster(self, namespace: str, name: str) -> bool:
+        """Tear a batch's workers down; False when there was nothing to delete."""
+        try:
+            self.custom.delete_namespaced_custom_object(
+                names.DASK_GROUP, names.DASK_VERSION, namespace, names.DASK_CLUSTERS, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def secret_values(self, namespace: str, name: str) -> dict[str, str]:
+        """The decoded keys of a Secret, for the operator's own use; never logged or stored."""
+        secret = self.core.read_namespaced_secret(name, namespace)
+        return {key: base64.b64decode(value).decode() for key, value in (secret.data or {}).items()}

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Build the binaries of a real Kubernetes control plane, without containers, and cache them.
+#
+# kube-apiserver, kube-controller-manager and kubectl come from the k8s.io/kubernetes Go module
+# (through a wrapper module whose replace lines pin each staging module to its published
+# version), etcd from its server module and kwok from its own; every binary is built by `go
+# build` from the Go module proxy. The result lives under
+# ${ICECHUNK_OPERATOR_CACHE:-~/.cache/icechunk-operator}/control-plane/<versions>/bin, so only
+# the first run pays for the build (about 15 minutes on two cores); later runs print the path.
+#
+# Usage: scripts/build-control-plane.sh        # prints the bin directory on stdout
+set -euo pipefail
+
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.6}
+KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
+
+cache=${ICECHUNK_OPERATOR_CACHE:-$HOME/.cache/icechunk-operator}
+root="$cache/control-plane/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+bin="$root/bin"
+binaries=(kube-apiserver kube-controller-manager kubectl etcd kwok)
+
+all_built() {
+    local name
+    for name in "${binaries[@]}"; do [[ -x "$bin/$name" ]] || return 1; done
+}
+
+if all_built; then
+    echo "$bin"
+    exit 0
+fi
+
+command -v go >/dev/null || { echo "build-control-plane: Go is required (go 1.26+)" >&2; exit 1; }
+mkdir -p "$bin" "$root/src"
+exec 9>"$root/.lock"
+flock 9
+if all_built; then echo "$bin"; exit 0; fi
+
+export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
+ldflags="-s -w"
+staging_minor="v0.${KUBERNETES_VERSION#v1.}"
+
+log() { echo "build-control-plane: $*" >&2; }
+
+build_kubernetes() {
+    local dir="$root/src/kubernetes" kmod name
+    mkdir -p "$dir"
+    kmod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
+        | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+    {
+        echo "module icechunk-operator.invalid/control-plane"
+        echo
+        echo "go $(sed -n 's/^go //p' "$kmod")"
+        echo
+        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+        echo
+        sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#replace \1 => \1 '"$staging_minor"'#p' "$kmod"
+    } >"$dir/go.mod"
+    cat >"$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubectl/pkg/cmd"
+)
+GO
+    (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
+    for name in kube-apiserver kube-controller-manager; do
+        log "building $name $KUBERNETES_VERSION"
+        (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "k8s.io/kubernetes/cmd/$name")
+        mv "$bin/$name.tmp" "$bin/$name"
+    done
+    log "building kubectl $KUBERNETES_VERSION"
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
+    mv "$bin/kubectl.tmp" "$bin/kubectl"
+}
+
+build_simple() {  # name module package version
+    local name=$1 module=$2 package=$3 version=$4 dir="$root/src/$1"
+    mkdir -p "$dir"
+    printf 'module icechunk-operator.invalid/%s\n\ngo 1.24\n\nrequire %s %s\n' "$name" "$module" "$version" >"$dir/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
+    (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod download "$module@$version")
+    log "building $name $version"
+    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$package")
+    mv "$bin/$name.tmp" "$bin/$name"
+}
+
+started=$SECONDS
+[[ -x "$bin/etcd" ]] || build_simple etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+[[ -x "$bin/kwok" ]] || build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+all_built || build_kubernetes
+log "built in $((SECONDS - started)) s into $bin"
+echo "$bin"

@@ -1,0 +1,251 @@
+"""Fixtures for the end-to-end tests on a real control plane.
+
+One control plane per session (etcd, kube-apiserver, kube-controller-manager, kwok), with our
+CRDs and the Dask operator's installed, the Dask operator's controller and ours running as
+processes, and a fake kubelet that runs commit pods' commands for real against a local Dask
+cluster. Each test gets its own namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from icechunk_operator.k8s import names
+from tests.cluster.control_plane import REPO, ControlPlane, build_binaries
+from tests.cluster.kubelet import FakeKubelet
+
+
+def _dask_crds() -> Path:
+    import dask_kubernetes
+
+    return Path(dask_kubernetes.__file__).parent / "operator/deployment/helm/dask-kubernetes-operator/crds"
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(root=tmp_path_factory.mktemp("control-plane"), bin=build_binaries()).start()
+    try:
+        plane.kubectl("apply", "-f", str(REPO / "crds"))
+        plane.kubectl("apply", "--server-side", "-f", str(_dask_crds()))
+        plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+
+
+class ProcessHandle:
+    """A long-running process of the test cluster (an operator), restartable and killable."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
+        self.name, self.args, self.env, self.logdir = name, args, env, logdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> ProcessHandle:
+        self.starts += 1
+        log = (self.logdir / f"{self.name}-{self.starts}.log").open("wb")
+        self.process = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under the operator."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace") for path in sorted(self.logdir.glob(f"{self.name}-*.log"))
+        )
+
+
+@pytest.fixture(scope="session")
+def dask_operator(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessHandle]:
+    """The Dask operator's controller (a Kopf operator shipped in dask-kubernetes)."""
+    kopf = Path(sys.executable).with_name("kopf")
+    handle = ProcessHandle(
+        "dask-operator",
+        [str(kopf), "run", "--standalone", "--all-namespaces", "-m", "dask_kubernetes.operator.controller"],
+        control_plane.env(),
+        tmp_path_factory.mktemp("dask-operator"),
+    ).start()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def operator_process(
+    control_plane: ControlPlane, dask_operator: ProcessHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessHandle]:
+    """Our operator, started exactly as the README says: ``icechunk-operator operator -A``."""
+    env = {
+        **control_plane.env(),
+        "ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS": "2",
+        "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "5",
+    }
+    binary = Path(sys.executable).with_name("icechunk-operator")
+    handle = ProcessHandle(
+        "operator", [str(binary), "operator", "--all-namespaces"], env, tmp_path_factory.mktemp("operator")
+    ).start()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def kubelet(
+    control_plane: ControlPlane,
+    kube: client.ApiClient,
+    dask_scheduler: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[FakeKubelet]:
+    fake = FakeKubelet(
+        api=client.CoreV1Api(kube),
+        workdir=tmp_path_factory.mktemp("kubelet"),
+        kubeconfig_for=lambda namespace, account: control_plane.kubeconfig,
+        overrides={names.ENV_SCHEDULER: dask_scheduler},
+    ).start()
+    yield fake
+    fake.stop()
+
+
+_namespace_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, kube: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace with the service accounts the operator's pods use."""
+    name = f"e2e-{os.getpid() % 10000}-{next(_namespace_numbers)}"
+    core = client.CoreV1Api(kube)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    for account in ("icechunk-commit", "icechunk-worker"):
+        core.create_namespaced_service_account(
+            name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
+        )
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def cluster(
+    control_plane: ControlPlane, operator_process: ProcessHandle, kubelet: FakeKubelet, kube: client.ApiClient
+) -> ClusterDriver:
+    return ClusterDriver(control_plane, operator_process, kubelet, kube)
+
+
+class ClusterDriver:
+    """What the tests do to the cluster, with ``kubectl`` as a user would where it matters."""
+
+    def __init__(
+        self, plane: ControlPlane, operator: ProcessHandle, kubelet: FakeKubelet, kube: client.ApiClient
+    ) -> None:
+        self.plane, self.operator, self.kubelet = plane, operator, kubelet
+        self.custom = client.CustomObjectsApi(kube)
+        self.batch_api = client.BatchV1Api(kube)
+
+    def apply(self, *documents: dict[str, Any], namespace: str) -> subprocess.CompletedProcess[str]:
+        text = "\n---\n".join(json.dumps(d) for d in documents)
+        return self.plane.kubectl("apply", "-n", namespace, "-f", "-", input=text, check=False)
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, plural, name
+        )
+        return obj
+
+    def status(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.get(plural, namespace, name).get("status") or {})
+
+    def phase(self, namespace: str, batch: str) -> str | None:
+        phase = self.status(names.BATCHES, namespace, batch).get("phase")
+        return str(phase) if phase else None
+
+    def jobs(self, namespace: str) -> list[Any]:
+        return list(self.batch_api.list_namespaced_job(namespace).items)
+
+    def dask_clusters(self, namespace: str) -> list[dict[str, Any]]:
+        listed: dict[str, Any] = self.custom.list_namespaced_custom_object(
+            names.DASK_GROUP, names.DASK_VERSION, namespace, names.DASK_CLUSTERS
+        )
+        return list(listed["items"])
+
+    def diagnostics(self, namespace: str) -> str:
+        """What a failing test shows: kubelet errors, commit pod logs, the operator's log tail."""
+        parts = [f"fake kubelet errors: {self.kubelet.errors[-5:]}"]
+        for run in self.kubelet.commit_runs(namespace):
+            text = "\n".join(
+                line
+                for line in run.log.read_text(errors="replace").splitlines()
+                if "InsecureRequest" not in line
+            )
+            parts.append(f"commit pod {run.pod} (exit {run.process.poll()}):\n{text[-3000:]}")
+        parts.append("operator log:\n" + self.operator.log()[-3000:])
+        return "\n".join(parts)
+
+    def kubectl_wait(self, namespace: str, target: str, condition: str, timeout: int = 120) -> None:
+        result = self.plane.kubectl(
+            "wait",
+            "-n",
+            namespace,
+            f"--for=condition={condition}",
+            target,
+            f"--timeout={timeout}s",
+            check=False,
+            timeout=timeout + 30,
+        )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"kubectl wait {target} {condition}: {result.stderr}\n{self.diagnostics(namespace)}"
+            )
+
+    def wait_phase(self, namespace: str, batch: str, phase: str, timeout: float = 120) -> dict[str, Any]:
+        def reached() -> bool:
+            current = self.phase(namespace, batch)
+            if current in ("Succeeded", "Failed") and current != phase:
+                raise AssertionError(
+                    f"batch {batch} ended {current}: {self.status(names.BATCHES, namespace, batch)}\n"
+                    + self.diagnostics(namespace)
+                )
+            return current == phase
+
+        try:
+            wait_until(reached, timeout, f"batch {batch} to be {phase}")
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\n{self.diagnostics(namespace)}") from None
+        return self.status(names.BATCHES, namespace, batch)
