@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane clean
 
 setup:
 	@scripts/setup.sh
@@ -15,14 +15,29 @@ lint: setup
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint control-plane
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not s3"
+	$(PY) -m pytest -q -m "not slow and not s3 and not k8s"
+
+# The end-to-end tests on the local control plane (built and cached on first use).
+test-k8s: setup control-plane
+	$(PY) -m pytest -q -m k8s
+
+crds: setup
+	$(VENV)/bin/icechunk-operator crds --output crds
+
+# etcd, kube-apiserver, kube-controller-manager, kubectl and kwok, built from Go modules.
+control-plane:
+	@scripts/build-control-plane.sh >/dev/null
 
 bench: setup
 	$(PY) -m tests.bench.ingest
+
+# The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory.
+bench-operator: setup control-plane
+	$(PY) -m tests.bench.operator
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

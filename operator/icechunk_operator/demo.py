@@ -29,8 +29,7 @@ def demo_resources(archive: Path, store: Path, workers: int = 2) -> list[dict[st
             "spec": {
                 "storage": {"url": store.resolve().as_uri()},
                 "virtualChunkContainers": [{"urlPrefix": archive_url}],
-                # Coordinates (kilobytes) inline into the manifests: no object per coordinate.
-                "config": {"inlineThresholdBytes": 8192, "compression": {"level": 3}},
+                "config": {"compression": {"level": 3}},
             },
         },
         {

@@ -135,10 +135,21 @@ def kubelet(
     dask_scheduler: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FakeKubelet]:
+    tokens: dict[tuple[str, str], Path] = {}
+
+    def service_account_kubeconfig(namespace: str, account: str) -> Path:
+        """The pod's own identity, as the in-cluster token mount would give it: not an admin."""
+        if (namespace, account) not in tokens:
+            token = control_plane.kubectl("create", "token", account, "-n", namespace, "--duration=1h")
+            tokens[namespace, account] = control_plane.kubeconfig_for_token(
+                f"{namespace}-{account}", token.stdout.strip(), namespace
+            )
+        return tokens[namespace, account]
+
     fake = FakeKubelet(
         api=client.CoreV1Api(kube),
         workdir=tmp_path_factory.mktemp("kubelet"),
-        kubeconfig_for=lambda namespace, account: control_plane.kubeconfig,
+        kubeconfig_for=service_account_kubeconfig,
         overrides={names.ENV_SCHEDULER: dask_scheduler},
     ).start()
     yield fake
@@ -150,14 +161,13 @@ _namespace_numbers = itertools.count(1)
 
 @pytest.fixture
 def namespace(control_plane: ControlPlane, kube: client.ApiClient) -> Iterator[str]:
-    """A fresh namespace with the service accounts the operator's pods use."""
+    """A fresh namespace, set up as the README says (service accounts and the commit pod's Role)."""
     name = f"e2e-{os.getpid() % 10000}-{next(_namespace_numbers)}"
     core = client.CoreV1Api(kube)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    for account in ("icechunk-commit", "icechunk-worker"):
-        core.create_namespaced_service_account(
-            name, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account))
-        )
+    control_plane.kubectl(
+        "apply", "-n", name, "-f", str(REPO / "examples" / "kubernetes" / "namespace-setup.yaml")
+    )
     yield name
     core.delete_namespace(name)
 

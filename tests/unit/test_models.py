@@ -32,7 +32,7 @@ def test_valid_file_loads_with_defaults(tmp_path: Path) -> None:
     resources = load(tmp_path, STORE + "---" + BATCH)
     batch = resources.batches[0]
     assert batch.spec.execution.workers == 2 and batch.spec.commit.every_groups == 2000
-    assert resources.stores["s"].spec.config.inline_threshold_bytes == 512
+    assert resources.stores["s"].spec.config.inline_threshold_bytes == 8192
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,11 @@ class ManifestSplitSpec(ApiModel):
 class RepositoryConfigSpec(ApiModel):
     compression: CompressionSpec = Field(default_factory=CompressionSpec)
     inline_threshold_bytes: int = Field(
-        default=512, ge=0, le=65536, description="Chunks up to this size are inlined."
+        default=8192,
+        ge=0,
+        le=65536,
+        description="Chunks up to this size are stored inside the manifests. Loaded coordinates of "
+        "NetCDF files are a few kilobytes: inlined, they cost no object to write and no request to read.",
     )
     manifest_splitting: list[ManifestSplitSpec] = Field(default_factory=list)
     spec_version: Literal[1, 2] = Field(

@@ -67,6 +67,7 @@ def batch_view(body: dict[str, Any]) -> BatchView:
         created=metadata.get("creationTimestamp", ""),
         phase=status.get("phase"),
         waiting_for_store=queued.get("reason") == "WaitingForStore",
+        queue_position=status.get("queuePosition"),
     )
 
 

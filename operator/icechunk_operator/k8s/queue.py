@@ -27,6 +27,7 @@ class BatchView:
     created: str  # RFC 3339; sorts in time order
     phase: str | None
     waiting_for_store: bool = False
+    queue_position: int | None = None
 
     @property
     def terminal(self) -> bool:
@@ -51,7 +52,7 @@ class QueueDecision:
     adopt: list[tuple[BatchView, JobView]] = field(default_factory=list)
     lost: list[BatchView] = field(default_factory=list)
     start: BatchView | None = None
-    positions: dict[str, int] = field(default_factory=dict)
+    positions: dict[str, int] = field(default_factory=dict)  # only the positions that changed
     blocked_by: str | None = None
 
 
@@ -81,5 +82,9 @@ def plan_queue(batches: list[BatchView], jobs: list[JobView], *, store_ready: bo
     elif waiting and store_ready:
         decision.start = waiting.pop(0)
     ahead = 1 if (running_jobs or decision.start) else 0
-    decision.positions = {batch.name: ahead + index for index, batch in enumerate(waiting)}
+    decision.positions = {
+        batch.name: ahead + index
+        for index, batch in enumerate(waiting)
+        if batch.queue_position != ahead + index  # only what changed: no patch storm on long queues
+    }
     return decision

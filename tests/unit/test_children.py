@@ -1,0 +1,135 @@
+"""The commit Job and the DaskCluster a batch owns: ownership, security, secrets by reference."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from icechunk_operator.api import IcechunkStore, IngestBatch
+from icechunk_operator.k8s import names
+from icechunk_operator.k8s.children import commit_job, dask_cluster
+from icechunk_operator.k8s.settings import OperatorSettings
+
+
+def resources(batch_name: str = "ismip6-ais") -> tuple[IngestBatch, IcechunkStore]:
+    store = IcechunkStore.model_validate(
+        {
+            "kind": "IcechunkStore",
+            "metadata": {"name": "ismip6", "namespace": "science"},
+            "spec": {
+                "storage": {
+                    "url": "s3://stores/ismip6",
+                    "credentials": {"secretRef": {"name": "store-keys"}},
+                },
+                "virtualChunkContainers": [
+                    {"urlPrefix": "s3://ismip6/", "credentials": {"secretRef": {"name": "source-keys"}}}
+                ],
+            },
+        }
+    )
+    batch = IngestBatch.model_validate(
+        {
+            "kind": "IngestBatch",
+            "metadata": {"name": batch_name, "namespace": "science", "uid": "uid-1"},
+            "spec": {
+                "store": "ismip6",
+                "source": {"prefix": "s3://ismip6/AIS/"},
+                "execution": {"workers": 4, "workerMemory": "3Gi", "commitMemory": "4Gi", "podRetries": 3},
+            },
+        }
+    )
+    return batch, store
+
+
+def test_commit_job_is_owned_labelled_and_runs_the_commit_command() -> None:
+    batch, store = resources()
+    job = commit_job(batch, store, OperatorSettings(image="registry.example/ico:1"))
+    meta, spec = job["metadata"], job["spec"]
+    assert meta["name"] == "ismip6-ais-commit" and meta["namespace"] == "science"
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "icechunkoperator.io/v1alpha1",
+            "kind": "IngestBatch",
+            "name": "ismip6-ais",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    assert meta["labels"][names.LABEL_STORE] == "ismip6"
+    assert spec["backoffLimit"] == 3 and spec["activeDeadlineSeconds"] == 86400
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["icechunk-operator", "commit", "--batch", "science/ismip6-ais"]
+    assert container["image"] == "registry.example/ico:1"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[names.ENV_SCHEDULER] == "tcp://ismip6-ais-dask-scheduler.science.svc:8786"
+    assert container["resources"]["limits"]["memory"] == "4Gi"
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_data_failures_fail_the_job_at_once_while_crashes_retry() -> None:
+    batch, store = resources()
+    rules = commit_job(batch, store, OperatorSettings())["spec"]["podFailurePolicy"]["rules"]
+    fail_job = next(r for r in rules if r["action"] == "FailJob")
+    assert fail_job["onExitCodes"]["values"] == [names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC]
+
+
+def test_pods_run_unprivileged_with_secrets_only_by_reference() -> None:
+    batch, store = resources()
+    settings = OperatorSettings()
+    job_pod = commit_job(batch, store, settings)["spec"]["template"]["spec"]
+    cluster = dask_cluster(batch, store, settings)
+    pods = [job_pod, cluster["spec"]["worker"]["spec"], cluster["spec"]["scheduler"]["spec"]]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert all("valueFrom" not in e for e in container.get("env") or [])
+    assert job_pod["containers"][0]["envFrom"] == [
+        {"secretRef": {"name": "store-keys"}},
+        {"secretRef": {"name": "source-keys"}},
+    ]
+    worker = cluster["spec"]["worker"]["spec"]["containers"][0]
+    assert worker["envFrom"] == [{"secretRef": {"name": "source-keys"}}]  # workers never get store keys
+    assert "envFrom" not in cluster["spec"]["scheduler"]["spec"]["containers"][0]
+    assert "key" not in json.dumps(job_pod["containers"][0]["env"]).lower()
+
+
+def test_dask_cluster_has_the_requested_workers_and_is_owned() -> None:
+    batch, store = resources()
+    cluster: dict[str, Any] = dask_cluster(batch, store, OperatorSettings())
+    assert cluster["kind"] == "DaskCluster" and cluster["metadata"]["name"] == "ismip6-ais-dask"
+    assert cluster["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    worker = cluster["spec"]["worker"]
+    assert worker["replicas"] == 4
+    container = worker["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "3Gi"
+    assert container["args"][-4:] == ["--nthreads", "1", "--memory-limit", "3Gi"]
+    assert worker["spec"]["automountServiceAccountToken"] is False
+
+
+def test_long_batch_names_still_give_unique_dns_labels() -> None:
+    first = names.commit_job_name("a" * 60 + "x")
+    second = names.commit_job_name("a" * 60 + "y")
+    assert first != second and len(first) <= 63 and first.endswith("-commit")
+    cluster = names.dask_cluster_name("b" * 63)
+    assert len(cluster + "-scheduler") <= 63
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "ICECHUNK_OPERATOR_IMAGE": "img:2",
+            "ICECHUNK_OPERATOR_WORKER_NODE_SELECTOR": '{"pool": "dask"}',
+            "ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS": "2",
+        }
+    )
+    assert (settings.image, settings.worker_node_selector, settings.queue_interval_seconds) == (
+        "img:2",
+        {"pool": "dask"},
+        2.0,
+    )

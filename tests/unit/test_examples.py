@@ -1,0 +1,32 @@
+"""The example manifests in the README and examples/ are valid resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from icechunk_operator.api.documents import load_resources
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "kubernetes"
+
+
+def test_kubernetes_examples_load() -> None:
+    resources = load_resources(EXAMPLES / "ismip6.yaml")
+    assert list(resources.stores) == ["ismip6"]
+    assert [b.metadata.name for b in resources.batches] == ["projection-ais"]
+    store = resources.stores["ismip6"]
+    assert store.spec.storage.credentials.secret_ref is not None
+
+
+def test_namespace_setup_gives_the_commit_pod_only_what_it_uses() -> None:
+    documents = list(yaml.safe_load_all((EXAMPLES / "namespace-setup.yaml").read_text()))
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    verbs = {
+        (resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]
+    }
+    assert verbs == {
+        ("ingestbatches", "get"),
+        ("icechunkstores", "get"),
+        ("ingestbatches/status", "patch"),
+    }
