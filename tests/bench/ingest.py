@@ -112,6 +112,9 @@ def run_child(
     archive: Path, store: Path, workers: int, every_groups: int, inline_threshold: int
 ) -> dict[str, object]:
     shutil.rmtree(store, ignore_errors=True)
+    # Start every run on a quiet disk: without this, the write-back of the previous run's tens of
+    # thousands of store files (and their deletion) lands inside the next run's timing.
+    os.sync()
     cpu_before = _cpu_seconds(resource.RUSAGE_CHILDREN)
     command = [
         sys.executable,

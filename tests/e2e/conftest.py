@@ -84,7 +84,7 @@ class ProcessHandle:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:
-                self.process.wait(20)
+                self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.kill()
 

@@ -233,3 +233,31 @@ def test_deleted_batch_children_are_garbage_collected(
         60,
         "garbage collection of the Job and the DaskCluster",
     )
+
+
+def test_deletion_policy_decides_whether_the_data_goes_with_the_resource(
+    cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    kept, deleted = tmp_path / "kept", tmp_path / "deleted"
+    cluster.apply(store_doc("kept", kept.as_uri(), shared_archive), namespace=namespace)
+    cluster.apply(
+        store_doc("deleted", deleted.as_uri(), shared_archive, deletionPolicy="Delete"), namespace=namespace
+    )
+    for name in ("kept", "deleted"):
+        wait_ready(cluster, namespace, name)
+    assert kept.is_dir() and deleted.is_dir()
+    wait_until(
+        lambda: (
+            names.FINALIZER_DELETE_DATA
+            in cluster.get(names.STORES, namespace, "deleted")["metadata"].get("finalizers", [])
+        ),
+        30,
+        "the delete-data finalizer",
+    )
+    assert not cluster.get(names.STORES, namespace, "kept")["metadata"].get("finalizers")
+
+    cluster.plane.kubectl(
+        "delete", "-n", namespace, "icechunkstore/kept", "icechunkstore/deleted", "--timeout=60s"
+    )
+    assert kept.is_dir() and any(kept.iterdir())
+    assert not deleted.exists()

@@ -133,3 +133,14 @@ def test_settings_come_from_the_environment() -> None:
         {"pool": "dask"},
         2.0,
     )
+
+
+def test_operator_timers_put_no_finalizer_on_stores() -> None:
+    import kopf
+
+    from icechunk_operator.k8s import handlers
+
+    timers = [
+        h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.fn is handlers.store_tick
+    ]
+    assert len(timers) == 1 and timers[0].requires_finalizer is False

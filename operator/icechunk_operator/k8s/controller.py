@@ -26,6 +26,7 @@ from icechunk_operator.k8s.conditions import batch_phase_conditions, now, set_co
 from icechunk_operator.k8s.kube import KubeApi
 from icechunk_operator.k8s.queue import BatchView, JobOutcome, JobView, plan_queue
 from icechunk_operator.k8s.settings import OperatorSettings
+from icechunk_operator.k8s.store_probe import ProbeError, run_in_child
 
 log = logging.getLogger("icechunk_operator.controller")
 
@@ -87,7 +88,8 @@ class Controller:
         self.settings = settings
         self.post_event = post_event
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._probed_at: dict[tuple[str, str], float] = {}
+        self._probe_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._probed: dict[tuple[str, str], tuple[float, int | None, bool]] = {}  # when, generation, ok
 
     # Batches -------------------------------------------------------------------------------
     def check_batch(self, body: dict[str, Any]) -> BatchCheck:
@@ -142,8 +144,15 @@ class Controller:
     async def admit_batch(self, body: dict[str, Any]) -> str | None:
         """Check a new or changed batch; returns its store when it belongs in a queue."""
         status = body.get("status") or {}
-        if status.get("phase") in ("Succeeded", "Failed") or status.get("phase") == "Running":
+        if status.get("phase") in ("Succeeded", "Failed", "Running"):
             return _store_of(body)
+        view = batch_view(body)
+        if (
+            status.get("phase") == "Queued"
+            and status.get("observedGeneration") == body["metadata"].get("generation")
+            and not view.waiting_for_store
+        ):
+            return _store_of(body)  # admitted already; only its status moved (queue position)
         check = await asyncio.to_thread(self.check_batch, body)
         if check.invalid is not None:
             if await asyncio.to_thread(self.set_batch_phase, body, "Failed", "InvalidSpec", check.invalid):
@@ -294,18 +303,33 @@ class Controller:
         """Open the store and write Ready, branches, last snapshot and counts into its status."""
         metadata = body["metadata"]
         key = (metadata["namespace"], metadata["name"])
+        async with self._probe_locks[key]:  # one probe per store at a time; later ones re-check
+            generation = metadata.get("generation")
+            probed_at, probed_generation, healthy = self._probed.get(key, (float("-inf"), None, False))
+            interval = (
+                self.settings.store_refresh_seconds
+                if healthy
+                else min(30.0, self.settings.store_refresh_seconds)
+            )
+            due = time.monotonic() - probed_at > interval
+            if not (force or due or probed_generation != generation):
+                return
+            healthy = await self._probe_and_report(body)
+            self._probed[key] = (time.monotonic(), generation, healthy)
+
+    async def _probe_and_report(self, body: dict[str, Any]) -> bool:
+        """Probe the store and write its status; False when the repository could not be opened."""
+        metadata = body["metadata"]
+        key = (metadata["namespace"], metadata["name"])
         status = body.get("status") or {}
         generation = metadata.get("generation")
-        due = time.monotonic() - self._probed_at.get(key, float("-inf")) > self.settings.store_refresh_seconds
-        if not (force or due or status.get("observedGeneration") != generation):
-            return
-        self._probed_at[key] = time.monotonic()
         conditions = status.get("conditions") or []
         try:
             store = IcechunkStore.model_validate(_spec_only(body))
-            facts = await asyncio.to_thread(self._probe, store)
+            secrets = await asyncio.to_thread(self.store_secret_env, store)
+            facts = await run_in_child("probe", store.spec, secrets)
         except Exception as error:  # any failure to open the store is reported, not raised
-            message = _safe_error(error)
+            message = str(error) if isinstance(error, ProbeError) else _safe_error(error)
             patch: dict[str, Any] = {
                 "conditions": set_condition(
                     conditions, "Ready", False, "RepositoryError", message, generation
@@ -315,30 +339,20 @@ class Controller:
             await asyncio.to_thread(self.api.patch_status, names.STORES, key[0], key[1], patch)
             if _is_ready(body) or status.get("observedGeneration") != generation:
                 self.post_event(body, "Warning", "RepositoryError", message)
-            return
-        ready_message = f"{facts.datasets} datasets from {facts.sources} source files"
+            return False
+        ready_message = f"{facts['datasets']} datasets from {facts['sources']} source files"
         patch = {
             "conditions": set_condition(
                 conditions, "Ready", True, "RepositoryReady", ready_message, generation
             ),
-            "branches": facts.branches,
-            "lastSnapshot": facts.last_snapshot,
-            "lastCommitTime": facts.last_commit_time.strftime("%Y-%m-%dT%H:%M:%SZ")
-            if facts.last_commit_time
-            else None,
-            "datasets": facts.datasets,
-            "sources": facts.sources,
+            **facts,
             "observedGeneration": generation,
         }
         was_ready = _is_ready(body)
         await asyncio.to_thread(self.api.patch_status, names.STORES, key[0], key[1], patch)
         if not was_ready:
             self.post_event(body, "Normal", "RepositoryReady", ready_message)
-
-    def _probe(self, store: IcechunkStore) -> Any:
-        from icechunk_operator.k8s.store_probe import probe_store
-
-        return probe_store(store.spec, self.store_secret_env(store))
+        return True
 
     async def sync_store_finalizer(self, body: dict[str, Any]) -> bool:
         """Keep the delete-data finalizer exactly when the policy is Delete; True when deleted."""
@@ -351,9 +365,13 @@ class Controller:
             if has:
                 if policy == DeletionPolicy.DELETE.value:
                     store = IcechunkStore.model_validate(_spec_only(body))
-                    count = await asyncio.to_thread(self._delete_data, store)
+                    secrets = await asyncio.to_thread(self.store_secret_env, store)
+                    result = await run_in_child("delete", store.spec, secrets)
                     log.info(
-                        "store %s/%s: deleted %d objects", metadata["namespace"], metadata["name"], count
+                        "store %s/%s: deleted %d objects",
+                        metadata["namespace"],
+                        metadata["name"],
+                        result["deleted"],
                     )
                 finalizers.remove(names.FINALIZER_DELETE_DATA)
                 await asyncio.to_thread(
@@ -379,13 +397,6 @@ class Controller:
                 {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
             )
         return False
-
-    def _delete_data(self, store: IcechunkStore) -> int:
-        from icechunk_operator.engine.credentials import credentials_environment
-        from icechunk_operator.engine.storage import delete_repository
-
-        with credentials_environment(self.store_secret_env(store)):
-            return delete_repository(store.spec.storage)
 
 
 def _spec_only(body: dict[str, Any]) -> dict[str, Any]:

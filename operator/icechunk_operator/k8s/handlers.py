@@ -48,6 +48,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.peering.mandatory = True
     load_config()
     memo["controller"] = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
+    # Import now what the first batch needs, so its Job is not late by a second of imports.
+    import dask_kubernetes.operator  # noqa: F401
+
+    import icechunk_operator.engine.sources  # noqa: F401
 
 
 def _controller(memo: Any) -> Controller:
@@ -122,3 +126,24 @@ async def store_tick(body: kopf.Body, name: str, namespace: str | None, memo: An
     controller, namespace = _controller(memo), _namespace(namespace)
     await controller.refresh_store(dict(body))
     await controller.reconcile_queue(namespace, name, _queue(kwargs["batches_by_store"], namespace, name))
+
+
+def _timers_without_finalizers() -> None:
+    """Let our timers live without a finalizer on the objects they watch.
+
+    Kopf puts a finalizer on every object that has a timer, so that it can stop the timer before
+    the object goes; while the operator is down, such objects cannot be deleted. Our timer only
+    re-checks a queue and has nothing to stop, so a store must be deletable without the
+    operator (the README promises no Kopf finalizers). Kopf has no option for it; the flag is
+    set on the registered handlers, and a unit test fails if Kopf's registry changes shape.
+    """
+    import dataclasses
+
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is store_tick else handler
+        for handler in spawning._handlers
+    ]
+
+
+_timers_without_finalizers()
