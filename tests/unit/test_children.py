@@ -144,3 +144,35 @@ def test_operator_timers_put_no_finalizer_on_stores() -> None:
         h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.fn is handlers.store_tick
     ]
     assert len(timers) == 1 and timers[0].requires_finalizer is False
+
+
+def test_dask_cluster_keeps_the_layout_of_dask_kubernetes() -> None:
+    """Our DaskCluster is make_cluster_spec's, plus security, secrets and worker options."""
+    from dask_kubernetes.operator import make_cluster_spec
+
+    batch, store = resources()
+    ours = dask_cluster(batch, store, OperatorSettings(image="img:1"))
+    theirs = make_cluster_spec(name=ours["metadata"]["name"], image="img:1", n_workers=4)
+
+    def shape(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: shape(value) for key, value in node.items() if key not in ("resources", "env")}
+        if isinstance(node, list):
+            return [shape(item) for item in node]
+        return node
+
+    ours_shape, theirs_shape = shape(ours), shape(theirs)
+    assert (
+        ours_shape["apiVersion"] == theirs_shape["apiVersion"] and ours_shape["kind"] == theirs_shape["kind"]
+    )
+    assert ours_shape["spec"]["scheduler"]["service"] == theirs_shape["spec"]["scheduler"]["service"]
+    for role in ("scheduler", "worker"):
+        mine = ours_shape["spec"][role]["spec"]["containers"][0]
+        base = theirs_shape["spec"][role]["spec"]["containers"][0]
+        for key, value in base.items():
+            if key == "args":
+                assert mine["args"][: len(value)] == value
+            else:
+                assert mine[key] == value, (role, key)
+    assert ours["spec"]["worker"]["replicas"] == theirs["spec"]["worker"]["replicas"] == 4
+    assert ours["spec"]["idleTimeout"] == theirs["spec"]["idleTimeout"]

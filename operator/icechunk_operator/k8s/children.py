@@ -150,51 +150,105 @@ def needs_dask_cluster(batch: IngestBatch) -> bool:
 
 
 def dask_cluster(batch: IngestBatch, store: IcechunkStore, settings: OperatorSettings) -> dict[str, Any]:
-    """The batch's Dask workers, as a DaskCluster for the Dask operator (dask-kubernetes)."""
-    from dask_kubernetes.operator import make_cluster_spec
+    """The batch's Dask workers, as a DaskCluster resource for the Dask operator of dask-kubernetes.
 
+    The layout is the one ``dask_kubernetes.operator.make_cluster_spec`` builds (a unit test keeps
+    them the same); it is written out here so the operator process need not import Dask, whose
+    modules would add a fifth to its memory.
+    """
     execution = batch.spec.execution
     name = names.dask_cluster_name(batch.metadata.name)
-    resources = {
-        "requests": {"cpu": execution.worker_cpu, "memory": execution.worker_memory},
-        "limits": {"memory": execution.worker_memory},
-    }
-    cluster: dict[str, Any] = make_cluster_spec(
-        name=name, image=settings.image, n_workers=execution.workers, resources=resources
-    )
-    cluster["metadata"].update(
+    secrets = _secret_env(source_secrets(store))
+
+    def container(role: str, args: list[str], ports: list[dict[str, Any]], resources: dict[str, Any]) -> Any:
+        spec: dict[str, Any] = {
+            "name": role,
+            "image": settings.image,
+            "imagePullPolicy": settings.image_pull_policy,
+            "args": args,
+            "env": list(SCRATCH_ENV),
+            "resources": resources,
+            "ports": ports,
+            "securityContext": CONTAINER_SECURITY_CONTEXT,
+            "volumeMounts": [SCRATCH_MOUNT],
+        }
+        if role == "worker" and secrets:
+            spec["envFrom"] = secrets
+        return spec
+
+    def pod(containers: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "serviceAccountName": settings.worker_service_account,
+            "automountServiceAccountToken": False,
+            "securityContext": POD_SECURITY_CONTEXT,
+            "volumes": [SCRATCH_VOLUME],
+            "containers": containers,
+            **extra,
+        }
+
+    worker = container(
+        "worker",
+        [
+            *("dask-worker", "--name", "$(DASK_WORKER_NAME)", "--dashboard", "--dashboard-address", "8788"),
+            *("--nthreads", str(execution.threads_per_worker), "--memory-limit", execution.worker_memory),
+        ],
+        [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
         {
+            "requests": {"cpu": execution.worker_cpu, "memory": execution.worker_memory},
+            "limits": {"memory": execution.worker_memory},
+        },
+    )
+    scheduler = container(
+        "scheduler",
+        ["dask-scheduler", "--host", "0.0.0.0"],
+        [
+            {"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
+            {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"},
+        ],
+        {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
+    )
+    health = {"httpGet": {"port": "http-dashboard", "path": "/health"}}
+    scheduler["readinessProbe"] = {
+        **health,
+        "initialDelaySeconds": 0,
+        "periodSeconds": 1,
+        "timeoutSeconds": 300,
+    }
+    scheduler["livenessProbe"] = {**health, "initialDelaySeconds": 15, "periodSeconds": 20}
+    return {
+        "apiVersion": f"{names.DASK_GROUP}/{names.DASK_VERSION}",
+        "kind": "DaskCluster",
+        "metadata": {
+            "name": name,
             "namespace": batch.metadata.namespace or "default",
             "labels": child_labels(batch, "dask"),
             "ownerReferences": [owner_reference(batch)],
-        }
-    )
-    secrets = _secret_env(source_secrets(store))
-    for role in ("scheduler", "worker"):
-        pod = cluster["spec"][role]["spec"]
-        pod["serviceAccountName"] = settings.worker_service_account
-        pod["automountServiceAccountToken"] = False
-        pod["securityContext"] = POD_SECURITY_CONTEXT
-        pod["volumes"] = [SCRATCH_VOLUME]
-        if role == "worker":
-            pod["nodeSelector"] = settings.worker_node_selector
-            pod["tolerations"] = settings.worker_tolerations
-        for container in pod["containers"]:
-            container["imagePullPolicy"] = settings.image_pull_policy
-            container["securityContext"] = CONTAINER_SECURITY_CONTEXT
-            container["volumeMounts"] = [SCRATCH_MOUNT]
-            container["env"] = [*(container.get("env") or []), *SCRATCH_ENV]
-            if role == "worker":
-                container["args"] += [
-                    "--nthreads",
-                    str(execution.threads_per_worker),
-                    "--memory-limit",
-                    execution.worker_memory,
-                ]
-                if secrets:
-                    container["envFrom"] = secrets
-    cluster["spec"]["scheduler"]["spec"]["containers"][0]["resources"] = {
-        "requests": {"cpu": "250m", "memory": "512Mi"},
-        "limits": {"memory": "1Gi"},
+        },
+        "spec": {
+            "idleTimeout": 0,
+            "worker": {
+                "replicas": execution.workers,
+                "spec": pod(
+                    [worker],
+                    nodeSelector=settings.worker_node_selector,
+                    tolerations=settings.worker_tolerations,
+                ),
+            },
+            "scheduler": {
+                "spec": pod([scheduler]),
+                "service": {
+                    "type": "ClusterIP",
+                    "selector": {"dask.org/cluster-name": name, "dask.org/component": "scheduler"},
+                    "ports": [
+                        {"name": "tcp-comm", "protocol": "TCP", "port": 8786, "targetPort": "tcp-comm"},
+                        {
+                            "name": "http-dashboard",
+                            "protocol": "TCP",
+                            "port": 8787,
+                            "targetPort": "http-dashboard",
+                        },
+                    ],
+                },
+            },
+        },
     }
-    return cluster

@@ -49,8 +49,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     load_config()
     memo["controller"] = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
     # Import now what the first batch needs, so its Job is not late by a second of imports.
-    import dask_kubernetes.operator  # noqa: F401
-
     import icechunk_operator.engine.sources  # noqa: F401
 
 
