@@ -143,8 +143,22 @@ def test_batch_runs_to_success_with_children_and_columns(
         return bool(store_status.get("datasets") == len(good))  # one file per ISMIP6 group
 
     wait_until(store_counts, 30, "the store's dataset count")
-    events = cluster.plane.kubectl("get", "events", "-n", namespace, "-o", "name").stdout
-    assert events.strip()
+
+    def batch_events() -> set[str]:
+        reasons = cluster.plane.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector=involvedObject.kind=IngestBatch,involvedObject.name=first",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ).stdout
+        return set(reasons.split())
+
+    wait_until(
+        lambda: {"Submitted", "Started", "Completed", "DaskClusterDeleted"} <= batch_events(), 30, "events"
+    )
 
 
 def test_one_writer_per_store_first_come_first_served(
