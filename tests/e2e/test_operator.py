@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
 from icechunk_operator.k8s import names
@@ -110,6 +111,15 @@ def test_batch_runs_to_success_with_children_and_columns(
     dask = wait_until(lambda: cluster.dask_clusters(namespace), 30, "the DaskCluster")[0]
     assert dask["metadata"]["ownerReferences"][0]["uid"] == batch["metadata"]["uid"]
     assert dask["spec"]["worker"]["replicas"] == 2
+    apps = client.AppsV1Api(cluster.batch_api.api_client)
+    wait_until(  # the Dask operator's controller turns the DaskCluster into a scheduler Deployment
+        lambda: any(
+            d.metadata.name == "first-dask-scheduler"
+            for d in apps.list_namespaced_deployment(namespace).items
+        ),
+        30,
+        "the Dask operator's scheduler Deployment",
+    )
 
     cluster.kubectl_wait(namespace, "ingestbatch/first", "Succeeded")
     status = cluster.status(names.BATCHES, namespace, "first")
