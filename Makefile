@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane clean
+.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane chart-tools clean
 
 setup:
 	@scripts/setup.sh
@@ -15,14 +15,14 @@ lint: setup
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
 
-test: lint control-plane
+test: lint control-plane chart-tools
 	$(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not s3 and not k8s"
 
 # The end-to-end tests on the local control plane (built and cached on first use).
-test-k8s: setup control-plane
+test-k8s: setup control-plane chart-tools
 	$(PY) -m pytest -q -m k8s
 
 crds: setup
@@ -31,6 +31,10 @@ crds: setup
 # etcd, kube-apiserver, kube-controller-manager, kubectl and kwok, built from Go modules.
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
+
+# helm (built from its Go module) and checkov (its own virtual environment), for the chart tests.
+chart-tools: setup
+	@scripts/build-chart-tools.sh >/dev/null
 
 bench: setup
 	$(PY) -m tests.bench.ingest

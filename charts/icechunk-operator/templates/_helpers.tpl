@@ -1,0 +1,49 @@
+{{- define "icechunk-operator.labels" -}}
+app.kubernetes.io/name: icechunk-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
+{{- end -}}
+
+{{- define "icechunk-operator.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end -}}
+
+{{/* Namespaces that get the commit and worker service accounts. */}}
+{{- define "icechunk-operator.workloadNamespaces" -}}
+{{- if .Values.watchNamespaces -}}
+{{- toJson .Values.watchNamespaces -}}
+{{- else -}}
+{{- toJson (list .Release.Namespace) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator's code uses, nothing more (k8s/kube.py and Kopf's own needs). */}}
+{{- define "icechunk-operator.namespacedRules" -}}
+- apiGroups: [icechunkoperator.io]
+  resources: [icechunkstores]
+  verbs: [get, list, watch, patch]
+- apiGroups: [icechunkoperator.io]
+  resources: [ingestbatches]
+  verbs: [get, list, watch]
+- apiGroups: [icechunkoperator.io]
+  resources: [icechunkstores/status, ingestbatches/status]
+  verbs: [patch]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create]
+- apiGroups: [kubernetes.dask.org]
+  resources: [daskclusters]
+  verbs: [create, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
