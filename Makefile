@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane chart-tools clean
+.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane chart-tools image image-lock clean
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,17 @@ bench: setup
 # The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory.
 bench-operator: setup control-plane
 	$(PY) -m tests.bench.operator
+
+# The image of operator, commit pods and Dask pods, where a container engine exists.
+IMAGE ?= icechunk-operator:0.1.0
+image:
+	@engine=$$(command -v docker || command -v podman) || { echo "make image: no docker or podman here"; exit 1; }; \
+	$$engine build -f worker_image/Dockerfile -t $(IMAGE) .
+
+# Keep the image's lock within the development lock after changing dependencies.
+image-lock: setup
+	UV_CACHE_DIR=$${ICECHUNK_OPERATOR_CACHE:-$$HOME/.cache/icechunk-operator}/uv $(VENV)/bin/uv pip compile pyproject.toml \
+		--python-version 3.13 -c requirements-dev.lock -o worker_image/requirements.lock --no-header -q
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ These need the control-plane binaries (built and cached on first use by
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,22 @@ def test_batch_runs_to_success_with_children_and_columns(
         return bool(store_status.get("datasets") == len(good))  # one file per ISMIP6 group
 
     wait_until(store_counts, 30, "the store's dataset count")
+
+    # GitOps: applying the same manifests again changes nothing, and status never makes a diff.
+    documents = [store_doc("ismip6", store_url, shared_archive), batch_doc("first", "ismip6", shared_archive)]
+    again = cluster.apply(*documents, namespace=namespace)
+    assert again.returncode == 0 and again.stdout.count("unchanged") == 2, again.stdout
+    text = "\n---\n".join(json.dumps(d) for d in documents)
+    diff = cluster.plane.kubectl("diff", "-n", namespace, "-f", "-", input=text, check=False)
+    assert diff.returncode == 0, diff.stdout + diff.stderr
+    conditions = {
+        c["type"]: c["status"] for c in cluster.status(names.BATCHES, namespace, "first")["conditions"]
+    }
+    assert (conditions["Ready"], conditions["Reconciling"], conditions["Stalled"]) == (
+        "True",
+        "False",
+        "False",
+    )
 
     def batch_events() -> set[str]:
         reasons = cluster.plane.kubectl(

@@ -44,22 +44,19 @@ def set_condition(
 def batch_phase_conditions(
     conditions: list[dict[str, Any]], phase: str, reason: str, message: str, generation: int | None
 ) -> list[dict[str, Any]]:
-    """Exactly the phase's condition True and the other phase conditions False."""
+    """Exactly the phase's condition True and the other phase conditions False, plus the
+    kstatus trio that Flux and other GitOps tools read: ``Ready`` (the batch is done and good),
+    ``Reconciling`` (still queued or running) and ``Stalled`` (failed; it will not get better
+    by waiting)."""
     result = list(conditions)
     for type_ in BATCH_CONDITION_TYPES:
         active = type_ == phase
         result = set_condition(result, type_, active, reason, message if active else "", generation)
-    return result
-
-
-def conditions_equal(left: list[dict[str, Any]], right: list[dict[str, Any]]) -> bool:
-    def key(c: dict[str, Any]) -> tuple[Any, ...]:
-        return (
-            c.get("type"),
-            c.get("status"),
-            c.get("reason"),
-            c.get("message"),
-            c.get("observedGeneration"),
-        )
-
-    return sorted(map(key, left)) == sorted(map(key, right))
+    finished = phase in ("Succeeded", "Failed")
+    result = set_condition(result, "Ready", phase == "Succeeded", reason, message, generation)
+    result = set_condition(
+        result, "Reconciling", not finished, reason, message if not finished else "", generation
+    )
+    return set_condition(
+        result, "Stalled", phase == "Failed", reason, message if phase == "Failed" else "", generation
+    )
