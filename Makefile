@@ -27,6 +27,7 @@ test-k8s: setup control-plane chart-tools
 
 crds: setup
 	$(VENV)/bin/icechunk-operator crds --output crds
+	$(VENV)/bin/icechunk-operator crds --output charts/icechunk-operator/crds
 
 # etcd, kube-apiserver, kube-controller-manager, kubectl and kwok, built from Go modules.
 control-plane:

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     where.add_argument("-n", "--namespace", action="append", help="watch this namespace (repeatable)")
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     operator.add_argument("--liveness", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    operator.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (default: none)"
+    )
     operator.add_argument("-v", "--verbose", action="store_true")
 
     commit = commands.add_parser("commit", help="the commit pod: run one IngestBatch from the cluster")
@@ -56,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "crds":
         return _crds(args.output)
     if args.command == "operator":
+        if args.metrics_port:
+            import os
+
+            os.environ["ICECHUNK_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
         return _operator(args.namespace or [], args.liveness, args.verbose)
     if args.command == "commit":
         return _commit(args.batch, args.scheduler)

@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client, config
 
 from icechunk_operator.k8s import names
-from tests.cluster.control_plane import REPO, ControlPlane, build_binaries
+from tests.cluster.control_plane import REPO, ControlPlane, build_binaries, free_port
 from tests.cluster.kubelet import FakeKubelet
 
 
@@ -67,6 +67,7 @@ class ProcessHandle:
         self.name, self.args, self.env, self.logdir = name, args, env, logdir
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_url = ""
 
     def start(self) -> ProcessHandle:
         self.starts += 1
@@ -121,9 +122,15 @@ def operator_process(
         "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "5",
     }
     binary = Path(sys.executable).with_name("icechunk-operator")
+    metrics_port = free_port()
     handle = ProcessHandle(
-        "operator", [str(binary), "operator", "--all-namespaces"], env, tmp_path_factory.mktemp("operator")
-    ).start()
+        "operator",
+        [str(binary), "operator", "--all-namespaces", f"--metrics-port={metrics_port}"],
+        env,
+        tmp_path_factory.mktemp("operator"),
+    )
+    handle.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    handle.start()
     yield handle
     handle.stop()
 

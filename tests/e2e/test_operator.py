@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,23 @@ def test_batch_runs_to_success_with_children_and_columns(
         return bool(store_status.get("datasets") == len(good))  # one file per ISMIP6 group
 
     wait_until(store_counts, 30, "the store's dataset count")
+
+    # Prometheus metrics, from the operator's own endpoint.
+    def metrics() -> str:
+        with urllib.request.urlopen(cluster.operator.metrics_url, timeout=5) as response:
+            return str(response.read().decode())
+
+    ns, store_label = f'namespace="{namespace}"', 'store="ismip6"'
+    succeeded = f'icechunk_operator_batches{{{ns},phase="Succeeded",{store_label}}} 1.0'
+    text = wait_until(lambda: succeeded in metrics() and metrics(), 30, "metrics")
+    ingested = f'icechunk_operator_batch_files{{{ns},outcome="ingested",{store_label}}}'
+    assert f"{ingested} {float(status['files']['done'])}" in text
+    counts = [
+        line.split()[-1]
+        for line in text.splitlines()
+        if line.startswith("icechunk_operator_commit_seconds_count")
+    ]
+    assert counts and float(counts[0]) >= 1
 
     # GitOps: applying the same manifests again changes nothing, and status never makes a diff.
     documents = [store_doc("ismip6", store_url, shared_archive), batch_doc("first", "ismip6", shared_archive)]

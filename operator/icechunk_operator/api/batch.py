@@ -67,7 +67,10 @@ class CombineRule(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.combine != 'concat' || has(self.dimension)", "combine 'concat' needs a dimension")
+                cel(
+                    "!has(self.combine) || self.combine != 'concat' || has(self.dimension)",
+                    "combine 'concat' needs a dimension",
+                )
             ]
         }
     )
@@ -246,6 +249,7 @@ class IngestBatchStatus(ApiModel):
     message: str | None = Field(default=None, description="Why the commit pod refused the batch, if it did.")
     commits: list[str] = Field(default_factory=list, description="Snapshot ids this batch committed.")
     failure_log: str | None = Field(default=None, description="Where the failure records went.")
+    mean_commit_seconds: float | None = Field(default=None, description="Mean time of one commit.")
     queue_position: int | None = Field(default=None, description="Batches ahead of this one on its store.")
     commit_job: str | None = Field(default=None, description="Name of the commit Job.")
     dask_cluster: str | None = Field(default=None, description="Name of the DaskCluster.")

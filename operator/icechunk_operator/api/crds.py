@@ -58,7 +58,7 @@ def _structural_leaf_keys(schema: dict[str, Any], defs: dict[str, Any]) -> dict[
         elif key == "properties":
             out[key] = {name: _structural(prop, defs) for name, prop in value.items()}
         elif key == "items":
-            out[key] = _structural(value, defs)
+            out[key] = _without_defaults(_structural(value, defs))
         else:
             out[key] = value
     additional = schema.get("additionalProperties")
@@ -66,6 +66,20 @@ def _structural_leaf_keys(schema: dict[str, Any], defs: dict[str, Any]) -> dict[
         out["additionalProperties"] = _structural(additional, defs)
     if "enum" in out and "type" not in out:
         out["type"] = "string" if all(isinstance(v, str) for v in out["enum"]) else "integer"
+    return out
+
+
+def _without_defaults(schema: dict[str, Any]) -> dict[str, Any]:
+    """Drop defaults inside list items. The API server would fill them into each item, the
+    stored list would then differ from the applied one, and every ``kubectl apply`` or GitOps
+    sync would see a change (lists are replaced whole). The models apply these defaults anyway."""
+    out = {key: value for key, value in schema.items() if key != "default"}
+    if "properties" in out:
+        out["properties"] = {name: _without_defaults(prop) for name, prop in out["properties"].items()}
+    if isinstance(out.get("items"), dict):
+        out["items"] = _without_defaults(out["items"])
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = _without_defaults(out["additionalProperties"])
     return out
 
 

@@ -53,6 +53,8 @@ def report_status(report: RunReport, earlier_commits: list[str]) -> dict[str, An
         "progress": f"{report.done + report.skipped}/{report.total}",
         "commits": list(dict.fromkeys(earlier_commits + report.commits)),
     }
+    if report.commits:
+        status["meanCommitSeconds"] = round(report.stage_seconds.get("commit", 0.0) / len(report.commits), 3)
     if report.failure_log:
         status["failureLog"] = report.failure_log
     return status

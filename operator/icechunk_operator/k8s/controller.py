@@ -15,6 +15,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +25,7 @@ from icechunk_operator.api.store import DeletionPolicy, IcechunkStore
 from icechunk_operator.k8s import children, names
 from icechunk_operator.k8s.conditions import batch_phase_conditions, now, set_condition
 from icechunk_operator.k8s.kube import KubeApi
+from icechunk_operator.k8s.metrics import OperatorMetrics
 from icechunk_operator.k8s.queue import BatchView, JobOutcome, JobView, plan_queue
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.store_probe import ProbeError, run_in_child
@@ -69,6 +71,9 @@ def batch_view(body: dict[str, Any]) -> BatchView:
         phase=status.get("phase"),
         waiting_for_store=queued.get("reason") == "WaitingForStore",
         queue_position=status.get("queuePosition"),
+        files_done=int((status.get("files") or {}).get("done", 0)),
+        files_failed=int((status.get("files") or {}).get("failed", 0)),
+        files_skipped=int((status.get("files") or {}).get("skipped", 0)),
     )
 
 
@@ -83,11 +88,19 @@ class BatchCheck:
 
 
 class Controller:
-    def __init__(self, api: KubeApi, settings: OperatorSettings, post_event: EventPoster) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        settings: OperatorSettings,
+        post_event: EventPoster,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.api = api
         self.settings = settings
         self.post_event = post_event
+        self.metrics = metrics
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.batch_index: Any = {}  # Kopf's batches_by_store index, once a handler has seen it
         self._probe_locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._probed: dict[tuple[str, str], tuple[float, int | None, bool]] = {}  # when, generation, ok
 
@@ -269,11 +282,24 @@ class Controller:
         else:
             phase, reason = "Failed", job.reason or "JobFailed"
             message = f"{job.message or 'commit Job failed'}; {counts}"
-        self.set_batch_phase(body, phase, reason, message, completionTime=now())
+        completed = now()
+        self.set_batch_phase(body, phase, reason, message, completionTime=completed)
+        self._observe(body, completed)
         self._teardown(namespace, body)
         self.post_event(body, "Normal" if phase == "Succeeded" else "Warning", reason, message)
         log.info("batch %s/%s: %s (%s)", namespace, view.name, phase, message)
         return True
+
+    def _observe(self, body: dict[str, Any], completed: str) -> None:
+        if self.metrics is None:
+            return
+        status = body.get("status") or {}
+        if status.get("meanCommitSeconds") is not None:
+            self.metrics.commit_seconds.observe(float(status["meanCommitSeconds"]))
+        if status.get("startTime"):
+            started = datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+            finished = datetime.fromisoformat(completed.replace("Z", "+00:00"))
+            self.metrics.batch_seconds.observe((finished - started).total_seconds())
 
     def _teardown(self, namespace: str, body: dict[str, Any]) -> None:
         cluster = (body.get("status") or {}).get("daskCluster") or names.dask_cluster_name(

@@ -47,13 +47,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.peering.name = peering
         settings.peering.mandatory = True
     load_config()
-    memo["controller"] = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
+    controller = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
+    metrics_port = int(os.environ.get("ICECHUNK_OPERATOR_METRICS_PORT", "0"))
+    if metrics_port:
+        from icechunk_operator.k8s.metrics import OperatorMetrics
+
+        controller.metrics = OperatorMetrics(lambda: controller.batch_index.items())
+        controller.metrics.serve(metrics_port)
+    memo["controller"] = controller
     # Import now what the first batch needs, so its Job is not late by a second of imports.
     import icechunk_operator.engine.sources  # noqa: F401
 
 
-def _controller(memo: Any) -> Controller:
+def _controller(memo: Any, index: Any = None) -> Controller:
     controller: Controller = memo["controller"]
+    if index is not None:
+        controller.batch_index = index  # the same live mapping every time; kept for the metrics
     return controller
 
 
@@ -80,7 +89,7 @@ BatchIndex = kopf.Index[tuple[str, str], BatchView]
 async def batch_changed(
     event: kopf.RawEvent, body: kopf.Body, namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any
 ) -> None:
-    controller, namespace = _controller(memo), _namespace(namespace)
+    controller, namespace = _controller(memo, kwargs["batches_by_store"]), _namespace(namespace)
     store = str(spec.get("store", ""))
     if event["type"] != "DELETED" and body.meta.get("deletionTimestamp") is None:
         admitted = await controller.admit_batch(dict(body))
@@ -121,7 +130,7 @@ async def store_tick(body: kopf.Body, name: str, namespace: str | None, memo: An
     """The safety net: re-check every store's queue and status even when no event came."""
     if body.meta.get("deletionTimestamp") is not None:
         return
-    controller, namespace = _controller(memo), _namespace(namespace)
+    controller, namespace = _controller(memo, kwargs["batches_by_store"]), _namespace(namespace)
     await controller.refresh_store(dict(body))
     await controller.reconcile_queue(namespace, name, _queue(kwargs["batches_by_store"], namespace, name))
 

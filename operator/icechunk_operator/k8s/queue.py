@@ -28,6 +28,9 @@ class BatchView:
     phase: str | None
     waiting_for_store: bool = False
     queue_position: int | None = None
+    files_done: int = 0
+    files_failed: int = 0
+    files_skipped: int = 0
 
     @property
     def terminal(self) -> bool:
