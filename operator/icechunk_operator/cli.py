@@ -78,7 +78,8 @@ def _crds(folder: Path) -> int:
 
 
 def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int:
-    import logging
+    import os
+    import random
 
     # Kopf recognises objects of optional client libraries by importing them when they are
     # installed (dask-kubernetes brings kubernetes_asyncio): 80 MB and 3 s at start for types
@@ -90,16 +91,20 @@ def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int
 
     import icechunk_operator.k8s.handlers  # noqa: F401  (registers the handlers)
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    kopf.configure(verbose=verbose)
+    kopf.configure(verbose=verbose)  # Kopf's logging setup, which our loggers share
+    # Kopf peering is not leader election: peers of equal priority all pause. Replicas of one
+    # Deployment therefore draw distinct priorities; the highest works and the others wait until
+    # its keep-alives stop (a tie pauses both, which is safe, until one restarts). Peering must be
+    # given to kopf.run itself: set later, in a startup handler, it would not pause the watchers.
+    peering = os.environ.get("ICECHUNK_OPERATOR_PEERING") or None
+    priority = os.environ.get("ICECHUNK_OPERATOR_PEERING_PRIORITY")
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
-        standalone=None,
+        standalone=peering is None,
+        peering_name=peering,
+        priority=(int(priority) if priority else random.randint(1, 1_000_000)) if peering else None,
     )
     return EXIT_OK
 

@@ -36,17 +36,6 @@ NON_DEFAULT = [
 ]
 
 
-@pytest.fixture(scope="session")
-def chart_tools() -> Path:
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build-chart-tools.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
 def helm(tools: Path, *args: str) -> str:
     result = subprocess.run([str(tools / "helm"), *args], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr + result.stdout

@@ -41,11 +41,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.GROUP, key="last-handled-configuration"
     )
-    peering = os.environ.get("ICECHUNK_OPERATOR_PEERING")
-    settings.peering.standalone = not peering
-    if peering:
-        settings.peering.name = peering
-        settings.peering.mandatory = True
+    # Peering itself is set up by kopf.run() (see cli._operator); only its timing is here.
+    settings.peering.lifetime = int(os.environ.get("ICECHUNK_OPERATOR_PEERING_LIFETIME", "60"))
     load_config()
     controller = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
     metrics_port = int(os.environ.get("ICECHUNK_OPERATOR_METRICS_PORT", "0"))
