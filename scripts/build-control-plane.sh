@@ -16,7 +16,8 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.6}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 
 cache=${ICECHUNK_OPERATOR_CACHE:-$HOME/.cache/icechunk-operator}
-root="$cache/control-plane/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+BUILD_REVISION=2  # bump when the way binaries are built changes, so caches are rebuilt
+root="$cache/control-plane/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION-r$BUILD_REVISION"
 bin="$root/bin"
 binaries=(kube-apiserver kube-controller-manager kubectl etcd kwok)
 
@@ -68,14 +69,20 @@ import (
 )
 GO
     (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
-    for name in kube-apiserver kube-controller-manager; do
+    # The version the binaries report (helm checks a chart's kubeVersion against it); a plain
+    # `go build` would say v0.0.0-master.
+    local minor=${KUBERNETES_VERSION#v1.}
+    minor=${minor%%.*}
+    local version_flags="" package
+    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        version_flags+=" -X $package.gitVersion=$KUBERNETES_VERSION -X $package.gitMajor=1"
+        version_flags+=" -X $package.gitMinor=$minor -X $package.gitTreeState=clean"
+    done
+    for name in kube-apiserver kube-controller-manager kubectl; do
         log "building $name $KUBERNETES_VERSION"
-        (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "k8s.io/kubernetes/cmd/$name")
+        (cd "$dir" && go build -trimpath -ldflags "$ldflags $version_flags" -o "$bin/$name.tmp" "k8s.io/kubernetes/cmd/$name")
         mv "$bin/$name.tmp" "$bin/$name"
     done
-    log "building kubectl $KUBERNETES_VERSION"
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
-    mv "$bin/kubectl.tmp" "$bin/kubectl"
 }
 
 build_simple() {  # name module package version

@@ -5,6 +5,7 @@ Needs helm (and checkov), built and cached by ``scripts/build-chart-tools.sh``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tests.e2e.test_operator import batch_doc, store_doc
 pytestmark = pytest.mark.k8s
 
 CHART = REPO / "charts" / "icechunk-operator"
+_numbers = itertools.count(1)
 KUBE = ("--kube-version", "1.36.3")  # the control plane's; helm's own default is older than the chart allows
 NON_DEFAULT = [
     "--set",
@@ -109,16 +111,26 @@ def chart_operator(
     chart_tools: Path,
     control_plane: ControlPlane,
     operator_process: ProcessHandle,
-    namespace: str,
     tmp_path: Path,
-) -> Iterator[ProcessHandle]:
-    """The chart installed for one namespace, and the operator run with the chart's token only."""
-    control_plane.kubectl("create", "namespace", "icechunk-system", check=False)
-    documents = render(chart_tools, "icechunk-system", "--set-json", f'watchNamespaces=["{namespace}"]')
-    text = "\n---\n".join(
-        json.dumps(d) for d in documents if d["kind"] not in ("CustomResourceDefinition", "Deployment")
-    )
-    control_plane.kubectl("apply", "-f", "-", input=text)
+) -> Iterator[tuple[ProcessHandle, str]]:
+    """The chart installed as the README says, for one namespace, and the operator run with the
+    chart's ServiceAccount token only (no container runs here: its Deployment's pod is kwok's)."""
+    namespace = f"charted-{next(_numbers)}"
+    control_plane.kubectl("create", "namespace", namespace)
+    install = [
+        str(chart_tools / "helm"),
+        "install",
+        "icechunk",
+        str(CHART),
+        "-n",
+        "icechunk-system",
+        "--create-namespace",
+        "--set-json",
+        f'watchNamespaces=["{namespace}"]',
+    ]
+    installed = subprocess.run(install, env=control_plane.env(), capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    control_plane.kubectl("apply", "--server-side", "-f", str(CHART / "crds"))
     token = control_plane.kubectl(
         "create", "token", "icechunk-operator", "-n", "icechunk-system"
     ).stdout.strip()
@@ -132,27 +144,34 @@ def chart_operator(
     ).start()
     handle.kubeconfig = kubeconfig  # type: ignore[attr-defined]
     try:
-        yield handle
+        yield handle, namespace
     finally:
         handle.stop()
         operator_process.start()
+        subprocess.run(
+            [str(chart_tools / "helm"), "uninstall", "icechunk", "-n", "icechunk-system"],
+            env=control_plane.env(),
+            capture_output=True,
+        )
+        control_plane.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def test_operator_with_the_charts_rights_only_ingests_end_to_end(
-    chart_operator: ProcessHandle,
+    chart_operator: tuple[ProcessHandle, str],
     cluster: ClusterDriver,
-    namespace: str,
     shared_archive: Any,
     tmp_path: Path,
 ) -> None:
-    cluster.operator = chart_operator
+    chart_operator_process, namespace = chart_operator
+    cluster.operator = chart_operator_process
     cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
     cluster.apply(batch_doc("charted", "ismip6", shared_archive), namespace=namespace)
     status = cluster.wait_phase(namespace, "charted", "Succeeded", 180)
     assert status["files"]["done"] > 0
-    assert "Forbidden" not in chart_operator.log() and "403" not in chart_operator.log()
+    log = chart_operator_process.log()
+    assert "Forbidden" not in log and "403" not in log
 
-    kubeconfig = str(chart_operator.kubeconfig)  # type: ignore[attr-defined]
+    kubeconfig = str(chart_operator_process.kubeconfig)  # type: ignore[attr-defined]
 
     def can_i(*args: str) -> str:
         result = cluster.plane.kubectl("auth", "can-i", "--kubeconfig", kubeconfig, *args, check=False)

@@ -57,6 +57,12 @@ def wait_ready(cluster: ClusterDriver, namespace: str, store: str) -> None:
     cluster.kubectl_wait(namespace, f"icechunkstore/{store}", "Ready", 60)
 
 
+def ready_store(cluster: ClusterDriver, namespace: str, archive: ArchiveLayout, tmp_path: Path) -> None:
+    """The store "ismip6" in ``tmp_path/store``, applied and Ready."""
+    cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), archive), namespace=namespace)
+    wait_ready(cluster, namespace, "ismip6")
+
+
 def test_api_server_refuses_bad_specs_naming_the_field(
     cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
 ) -> None:
@@ -239,8 +245,7 @@ def test_one_writer_per_store_first_come_first_served(
 def test_operator_killed_mid_batch_never_starts_a_second_writer(
     cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
 ) -> None:
-    cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
-    wait_ready(cluster, namespace, "ismip6")
+    ready_store(cluster, namespace, shared_archive, tmp_path)
     cluster.kubelet.hold(namespace)
     cluster.apply(batch_doc("resumed", "ismip6", shared_archive), namespace=namespace)
     cluster.apply(batch_doc("next", "ismip6", shared_archive), namespace=namespace)
@@ -281,8 +286,7 @@ def test_batch_against_its_store_is_checked(
 def test_deleted_batch_children_are_garbage_collected(
     cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
 ) -> None:
-    cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
-    wait_ready(cluster, namespace, "ismip6")
+    ready_store(cluster, namespace, shared_archive, tmp_path)
     cluster.kubelet.hold(namespace)
     cluster.apply(batch_doc("doomed", "ismip6", shared_archive), namespace=namespace)
     wait_until(lambda: cluster.jobs(namespace) and cluster.dask_clusters(namespace), 30, "the children")

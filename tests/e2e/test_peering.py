@@ -4,6 +4,7 @@ first dies (the chart's `replicas: 2`)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,21 @@ def test_the_standby_replica_takes_over_when_the_active_one_dies(
     operator_process.stop()
     active, standby = replica("active", 200).start(), replica("standby", 100).start()
     try:
-        cluster = ClusterDriver(control_plane, active, kubelet, kube)
-        cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
-        cluster.apply(batch_doc("before", "ismip6", shared_archive), namespace=namespace)
-        cluster.wait_phase(namespace, "before", "Succeeded", 120)
         peers = client.CustomObjectsApi(kube)
 
         def keepalives() -> dict[str, Any]:
             body = peers.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "e2e-peering")
             return dict(body.get("status") or {})
 
+        # Replicas that start in the same second may both work until they see each other's
+        # keep-alive; the test starts its work once they have.
         wait_until(lambda: len(keepalives()) == 2, 30, "both replicas to report to the peering")
         assert sorted(p["priority"] for p in keepalives().values()) == [100, 200]
+        time.sleep(2)  # each replica re-reads the peering on every keep-alive event
+        cluster = ClusterDriver(control_plane, active, kubelet, kube)
+        cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
+        cluster.apply(batch_doc("before", "ismip6", shared_archive), namespace=namespace)
+        cluster.wait_phase(namespace, "before", "Succeeded", 120)
         assert f"batch {namespace}/before" not in standby.log()
         assert f"batch {namespace}/before" in active.log()
 

@@ -400,13 +400,7 @@ class Controller:
                         result["deleted"],
                     )
                 finalizers.remove(names.FINALIZER_DELETE_DATA)
-                await asyncio.to_thread(
-                    self.api.patch_metadata,
-                    names.STORES,
-                    metadata["namespace"],
-                    metadata["name"],
-                    {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
-                )
+                await self._set_finalizers(metadata, finalizers)
             return True
         wanted = policy == DeletionPolicy.DELETE.value
         if wanted != has:
@@ -415,14 +409,18 @@ class Controller:
                 if wanted
                 else [f for f in finalizers if f != names.FINALIZER_DELETE_DATA]
             )
-            await asyncio.to_thread(
-                self.api.patch_metadata,
-                names.STORES,
-                metadata["namespace"],
-                metadata["name"],
-                {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
-            )
+            await self._set_finalizers(metadata, finalizers)
         return False
+
+    async def _set_finalizers(self, metadata: dict[str, Any], finalizers: list[str]) -> None:
+        """Replace the store's finalizers, if nobody changed the object since we read it."""
+        await asyncio.to_thread(
+            self.api.patch_metadata,
+            names.STORES,
+            metadata["namespace"],
+            metadata["name"],
+            {"finalizers": finalizers, "resourceVersion": metadata["resourceVersion"]},
+        )
 
 
 def _spec_only(body: dict[str, Any]) -> dict[str, Any]:
