@@ -80,6 +80,7 @@ class ProcessHandle:
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.metrics_url = ""
+        self.health_url = ""
 
     def start(self) -> ProcessHandle:
         self.starts += 1
@@ -134,14 +135,21 @@ def operator_process(
         "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "5",
     }
     binary = Path(sys.executable).with_name("icechunk-operator")
-    metrics_port = free_port()
+    metrics_port, health_port = free_port(), free_port()
     handle = ProcessHandle(
         "operator",
-        [str(binary), "operator", "--all-namespaces", f"--metrics-port={metrics_port}"],
+        [
+            str(binary),
+            "operator",
+            "--all-namespaces",
+            f"--metrics-port={metrics_port}",
+            f"--liveness=http://127.0.0.1:{health_port}/healthz",
+        ],
         env,
         tmp_path_factory.mktemp("operator"),
     )
     handle.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    handle.health_url = f"http://127.0.0.1:{health_port}/healthz"
     handle.start()
     yield handle
     handle.stop()

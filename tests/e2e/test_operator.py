@@ -162,6 +162,10 @@ def test_batch_runs_to_success_with_children_and_columns(
 
     wait_until(store_counts, 30, "the store's dataset count")
 
+    # Liveness (Kopf's endpoint, which the chart's probes use) and Prometheus metrics.
+    with urllib.request.urlopen(cluster.operator.health_url, timeout=5) as response:
+        assert response.status == 200
+
     # Prometheus metrics, from the operator's own endpoint.
     def metrics() -> str:
         with urllib.request.urlopen(cluster.operator.metrics_url, timeout=5) as response:
