@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--dir", type=Path, default=Path("demo-output"))
     demo.add_argument("--workers", type=int, default=2)
 
+    reconcile = commands.add_parser(
+        "reconcile", help="compare stores with their sources: missing, stale and orphaned files"
+    )
+    reconcile.add_argument(
+        "-f", "--file", required=True, type=Path, help="YAML with stores and reconciliations"
+    )
+    reconcile.add_argument("--name", action="append", help="only these reconciliations (repeatable)")
+
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     crds.add_argument("-o", "--output", type=Path, default=Path("crds"), help="folder (default: crds)")
 
@@ -58,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return _demo(args.dir, args.workers)
     if args.command == "crds":
         return _crds(args.output)
+    if args.command == "reconcile":
+        return _reconcile(args.file, args.name)
     if args.command == "operator":
         if args.metrics_port:
             import os
@@ -67,6 +77,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "commit":
         return _commit(args.batch, args.scheduler)
     return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
+
+
+def _reconcile(path: Path, only: list[str] | None) -> int:
+    """Exit 0 when every store matches its source, 1 when something differs, 2 when refused."""
+    from icechunk_operator.api.documents import SpecError, load_resources
+    from icechunk_operator.api.reconciliation import ReconciliationMode
+    from icechunk_operator.engine.reconcile import run_reconciliation
+    from icechunk_operator.engine.urls import SourceOutsideContainersError
+
+    try:
+        resources = load_resources(path)
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    chosen = [r for r in resources.reconciliations if not only or r.metadata.name in only]
+    if not chosen:
+        print(f"{path}: no Reconciliation to run", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    exit_code = EXIT_OK
+    for reconciliation in chosen:
+        name = reconciliation.metadata.name
+        if reconciliation.spec.mode == ReconciliationMode.REPAIR:
+            print(
+                f"Reconciliation {name}: spec.mode Repair is not available yet; use Report", file=sys.stderr
+            )
+            return EXIT_INVALID_SPEC
+        try:
+            report = run_reconciliation(resources.stores[reconciliation.spec.store], reconciliation)
+        except (SourceOutsideContainersError, FileNotFoundError) as error:
+            print(f"Reconciliation {name}: {error}", file=sys.stderr)
+            return EXIT_INVALID_SPEC
+        counts = report.counts()
+        print(
+            f"{name}: {report.listed} source files, {report.recorded} in the store; "
+            f"missing {counts['missing']}, stale {counts['stale']}, orphaned {counts['orphaned']}"
+        )
+        print(f"  report: {report.report_url}")
+        if not report.clean:
+            exit_code = EXIT_BATCH_FAILED
+    return exit_code
 
 
 def _crds(folder: Path) -> int:

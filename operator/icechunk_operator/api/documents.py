@@ -72,10 +72,12 @@ def load_resources(path: Path) -> ResourceSet:
             resources.batches.append(resource)
         else:
             resources.reconciliations.append(resource)
-    for batch in resources.batches:
-        if batch.spec.store not in resources.stores:
+    references = [(b.kind, b.metadata.name, b.spec.store) for b in resources.batches] + [
+        (r.kind, r.metadata.name, r.spec.store) for r in resources.reconciliations
+    ]
+    for kind, name, store in references:
+        if store not in resources.stores:
             raise SpecError(
-                f"{path}: IngestBatch {batch.metadata.name}: spec.store: no IcechunkStore named "
-                f"{batch.spec.store!r} in this file"
+                f"{path}: {kind} {name}: spec.store: no IcechunkStore named {store!r} in this file"
             )
     return resources

@@ -39,9 +39,14 @@ def build_failure_log(
 
 
 def write_failure_log(url: str, store: IcechunkStoreSpec, log: dict[str, Any]) -> None:
+    write_json(url, store, log)
+
+
+def write_json(url: str, store: IcechunkStoreSpec, document: dict[str, Any]) -> None:
+    """A JSON document beside the store (failure logs, reconciliation reports)."""
     import obstore
 
-    data = json.dumps(log, indent=1).encode()
+    data = json.dumps(document, indent=1).encode()
     if url.startswith("file://"):
         from pathlib import Path
 

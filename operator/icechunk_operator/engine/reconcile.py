@@ -1,0 +1,132 @@
+"""Reconciliation: what a store is missing, holds stale, or holds though its source is gone.
+
+The store's ledger (every source file it references, with the size and ETag or mtime seen at
+ingest) is compared with a fresh listing of the source or with a parquet index:
+
+- *missing*: in the source, not in the store;
+- *stale*: in both, but the source file changed since it was ingested;
+- *orphaned*: in the store, gone from the source.
+
+Only ledger entries inside the listing's scope can be orphaned: a prefix and glob cover the files
+they match, an index covers the whole store. The comparison is pure (:func:`diff_store`); the
+report goes to storage beside the store as JSON.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from icechunk_operator.api.batch import SourceSpec
+from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.store import IcechunkStore, IcechunkStoreSpec
+from icechunk_operator.engine.records import LedgerEntry, SourceFile
+
+
+@dataclass
+class ReconcileReport:
+    missing: list[SourceFile] = field(default_factory=list)
+    stale: list[tuple[SourceFile, LedgerEntry]] = field(default_factory=list)
+    orphaned: list[LedgerEntry] = field(default_factory=list)
+    listed: int = 0
+    recorded: int = 0
+    report_url: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return not (self.missing or self.stale or self.orphaned)
+
+    def counts(self) -> dict[str, int]:
+        return {"missing": len(self.missing), "stale": len(self.stale), "orphaned": len(self.orphaned)}
+
+    def to_json(self, reconciliation: str, store: str) -> dict[str, Any]:
+        return {
+            "reconciliation": reconciliation,
+            "store": store,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "listed": self.listed,
+            "recorded": self.recorded,
+            "counts": self.counts(),
+            "missing": [{"url": s.url, "size": s.size} for s in self.missing],
+            "stale": [
+                {
+                    "url": s.url,
+                    "group": e.group,
+                    "size": s.size,
+                    "ingested_size": e.size,
+                    "ingested_at": e.ingested_at,
+                }
+                for s, e in self.stale
+            ],
+            "orphaned": [
+                {"url": e.url, "group": e.group, "ingested_at": e.ingested_at} for e in self.orphaned
+            ],
+        }
+
+
+def in_scope(prefix: str | None, glob: re.Pattern[str] | None) -> Any:
+    """Whether a ledger URL lies inside what the listing covered."""
+
+    def covered(url: str) -> bool:
+        if prefix is None:
+            return True
+        return url.startswith(prefix) and (glob is None or glob.fullmatch(url[len(prefix) :]) is not None)
+
+    return covered
+
+
+def diff_store(
+    ledger: Mapping[str, LedgerEntry],
+    listed: Iterable[SourceFile],
+    *,
+    prefix: str | None = None,
+    glob: re.Pattern[str] | None = None,
+) -> ReconcileReport:
+    """Missing, stale and orphaned files of a store against a listing (pure)."""
+    live = {url: entry for url, entry in ledger.items() if not entry.removed}
+    sources = {source.url: source for source in listed}
+    report = ReconcileReport(listed=len(sources), recorded=len(live))
+    for url in sorted(sources):
+        source = sources[url]
+        entry = live.get(url)
+        if entry is None:
+            report.missing.append(source)
+        elif not source.same_content_as(entry):
+            report.stale.append((source, entry))
+    covered = in_scope(prefix, glob)
+    report.orphaned = [live[url] for url in sorted(live) if url not in sources and covered(url)]
+    return report
+
+
+def report_url(store: IcechunkStoreSpec, name: str, when: datetime | None = None) -> str:
+    """``<the store's parent>/reconciliations/<name>-<UTC timestamp>.json``."""
+    stamp = (when or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    base = posixpath.dirname(store.storage.url.rstrip("/")) + "/reconciliations"
+    return f"{base}/{name}-{stamp}.json"
+
+
+def run_reconciliation(store: IcechunkStore, reconciliation: Reconciliation) -> ReconcileReport:
+    """List the source (or read the index), diff it with the store's ledger, write the report."""
+    from icechunk_operator.engine.commits import load_ledger
+    from icechunk_operator.engine.failures import write_json
+    from icechunk_operator.engine.sources import glob_regex, list_sources
+    from icechunk_operator.engine.storage import open_repository
+
+    spec = reconciliation.spec
+    if spec.prefix is not None:
+        source = SourceSpec(prefix=spec.prefix, glob=spec.glob)
+    else:
+        source = SourceSpec(index=spec.index)
+    listed = list_sources(source, store.spec)  # refuses sources outside the containers
+    repo = open_repository(store.spec, create=False)
+    ledger = load_ledger(repo, store.spec.branch)
+    prefix = source.prefix
+    report = diff_store(ledger, listed, prefix=prefix, glob=glob_regex(spec.glob) if prefix else None)
+    url = report_url(store.spec, reconciliation.metadata.name)
+    write_json(url, store.spec, report.to_json(reconciliation.metadata.name, store.metadata.name))
+    report.report_url = url
+    return report

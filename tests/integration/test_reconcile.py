@@ -1,0 +1,84 @@
+"""Reconciliation on real files and a real repository: each category found exactly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from icechunk_operator.api import Reconciliation
+from icechunk_operator.engine.reconcile import run_reconciliation
+from icechunk_operator.engine.runner import run_batch
+from icechunk_operator.synthetic import ArchiveLayout
+from tests.conftest import ismip6_resources
+
+
+def reconciliation(prefix: str, store: str = "ismip6") -> Reconciliation:
+    return Reconciliation.model_validate(
+        {
+            "kind": "Reconciliation",
+            "metadata": {"name": "check"},
+            "spec": {"store": store, "prefix": prefix, "glob": "**/*.nc"},
+        }
+    )
+
+
+def test_missing_stale_and_orphaned_are_each_found_exactly(archive: ArchiveLayout, tmp_path: Path) -> None:
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri())
+    assert run_batch(store, batch).succeeded
+    prefix = archive.root.resolve().as_uri() + "/Projection-AIS/"
+
+    clean = run_reconciliation(store, reconciliation(prefix))
+    defective = sorted(f.path.resolve().as_uri() for f in archive.files if f.defect != "none")
+    assert [s.url for s in clean.missing] == defective  # they failed at ingest: not in the store
+    assert not clean.stale and not clean.orphaned
+
+    good = [f for f in archive.files if f.defect == "none"]
+    gone, changed, copied = good[0], good[1], good[2]
+    gone.path.unlink()
+    with changed.path.open("ab") as file:
+        file.write(b"\0" * 64)  # a new size and mtime: the store's references are stale
+    added = copied.path.with_name(copied.path.name.replace(".nc", "-v2.nc"))
+    shutil.copy(copied.path, added)
+
+    report = run_reconciliation(store, reconciliation(prefix))
+    assert [s.url for s in report.missing] == sorted([*defective, added.resolve().as_uri()])
+    assert [(s.url, e.group) for s, e in report.stale] == [(changed.path.resolve().as_uri(), changed.group)]
+    assert [(e.url, e.group) for e in report.orphaned] == [(gone.path.resolve().as_uri(), gone.group)]
+    assert report.recorded == len(good) and report.listed == len(archive.files)
+
+    assert report.report_url is not None
+    written = json.loads(Path(report.report_url.removeprefix("file://")).read_text())
+    assert written["counts"] == {"missing": len(defective) + 1, "stale": 1, "orphaned": 1}
+    assert written["orphaned"][0]["group"] == gone.group
+
+
+def test_a_narrower_prefix_does_not_call_the_rest_orphaned(archive: ArchiveLayout, tmp_path: Path) -> None:
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri())
+    run_batch(store, batch)
+    first = archive.files[0]
+    narrow = first.path.parent.resolve().as_uri() + "/"
+    report = run_reconciliation(store, reconciliation(narrow))
+    assert not report.orphaned
+    assert report.listed == len([f for f in archive.files if f.path.parent == first.path.parent])
+
+
+def test_cli_reports_and_exits_non_zero_on_differences(archive: ArchiveLayout, tmp_path: Path) -> None:
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri())
+    run_batch(store, batch)
+    check = reconciliation(archive.root.resolve().as_uri() + "/Projection-AIS/")
+    spec = tmp_path / "reconcile.yaml"
+    spec.write_text(yaml.safe_dump_all([store.to_api(), check.to_api()]))
+    command = [sys.executable, "-m", "icechunk_operator.cli", "reconcile", "-f", str(spec)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr  # the defective files are missing from the store
+    assert "missing 4, stale 0, orphaned 0" in result.stdout
+
+    repair = check.model_copy(update={"spec": check.spec.model_copy(update={"mode": "Repair"})})
+    spec.write_text(yaml.safe_dump_all([store.to_api(), repair.to_api()]))
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "spec.mode Repair is not available yet" in refused.stderr
