@@ -39,6 +39,7 @@ chart-tools: setup
 
 bench: setup
 	$(PY) -m tests.bench.ingest
+	$(PY) -m tests.bench.reconcile
 
 # The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory.
 bench-operator: setup control-plane
