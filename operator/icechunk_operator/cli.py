@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from icechunk_operator import __version__
 
@@ -79,22 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
 
 
-def _reconcile(path: Path, only: list[str] | None) -> int:
-    """Exit 0 when every store matches its source, 1 when something differs, 2 when refused."""
+def _load_chosen(path: Path, kind: str, only: list[str] | None) -> tuple[Any, list[Any]] | None:
+    """The file's resources and those of ``kind`` to run; None, after saying why, if there are none."""
     from icechunk_operator.api.documents import SpecError, load_resources
-    from icechunk_operator.api.reconciliation import ReconciliationMode
-    from icechunk_operator.engine.reconcile import run_reconciliation
-    from icechunk_operator.engine.urls import SourceOutsideContainersError
 
     try:
         resources = load_resources(path)
     except SpecError as error:
         print(error, file=sys.stderr)
-        return EXIT_INVALID_SPEC
-    chosen = [r for r in resources.reconciliations if not only or r.metadata.name in only]
+        return None
+    pool = resources.batches if kind == "IngestBatch" else resources.reconciliations
+    chosen = [r for r in pool if not only or r.metadata.name in only]
     if not chosen:
-        print(f"{path}: no Reconciliation to run", file=sys.stderr)
+        print(f"{path}: no {kind} to run", file=sys.stderr)
+        return None
+    return resources, chosen
+
+
+def _reconcile(path: Path, only: list[str] | None) -> int:
+    """Exit 0 when every store matches its source, 1 when something differs, 2 when refused."""
+    from icechunk_operator.api.reconciliation import ReconciliationMode
+    from icechunk_operator.engine.reconcile import run_reconciliation
+    from icechunk_operator.engine.urls import SourceOutsideContainersError
+
+    loaded = _load_chosen(path, "Reconciliation", only)
+    if loaded is None:
         return EXIT_INVALID_SPEC
+    resources, chosen = loaded
     exit_code = EXIT_OK
     for reconciliation in chosen:
         name = reconciliation.metadata.name
@@ -186,21 +198,15 @@ def _validate(path: Path) -> int:
 def run_file(
     path: Path, *, scheduler: str | None = None, workers: int | None = None, only: list[str] | None = None
 ) -> int:
-    from icechunk_operator.api.documents import SpecError, load_resources
     from icechunk_operator.engine.runner import run_batch
     from icechunk_operator.engine.templates import GroupPathError
     from icechunk_operator.engine.urls import SourceOutsideContainersError
     from icechunk_operator.progress import make_progress, summary_table
 
-    try:
-        resources = load_resources(path)
-    except SpecError as error:
-        print(error, file=sys.stderr)
+    loaded = _load_chosen(path, "IngestBatch", only)
+    if loaded is None:
         return EXIT_INVALID_SPEC
-    batches = [b for b in resources.batches if not only or b.metadata.name in only]
-    if not batches:
-        print(f"{path}: no IngestBatch to run", file=sys.stderr)
-        return EXIT_INVALID_SPEC
+    resources, batches = loaded
     exit_code = EXIT_OK
     for batch in batches:
         store = resources.stores[batch.spec.store]
