@@ -40,6 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     reconcile.add_argument("--name", action="append", help="only these reconciliations (repeatable)")
 
+    history = commands.add_parser("history", help="a store's snapshots, newest first")
+    tag = commands.add_parser("tag", help="tag a store's snapshot (default: the branch tip)")
+    expire = commands.add_parser("expire", help="expire old snapshots of a store, then garbage-collect")
+    for lifecycle in (history, tag, expire):
+        lifecycle.add_argument("-f", "--file", required=True, type=Path, help="YAML with the IcechunkStore")
+        lifecycle.add_argument("--store", help="the store's name (default: the only one in the file)")
+    history.add_argument("-n", "--limit", type=int, default=20)
+    tag.add_argument("tag", help="tag name, e.g. v1.0")
+    tag.add_argument("--snapshot", help="snapshot id (default: the tip of the store's branch)")
+    rule = expire.add_mutually_exclusive_group(required=True)
+    rule.add_argument("--older-than", help="expire snapshots older than this, e.g. 30d")
+    rule.add_argument("--keep", type=int, help="keep the newest N snapshots of the branch")
+
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     crds.add_argument("-o", "--output", type=Path, default=Path("crds"), help="folder (default: crds)")
 
@@ -69,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return _crds(args.output)
     if args.command == "reconcile":
         return _reconcile(args.file, args.name)
+    if args.command in ("history", "tag", "expire"):
+        return _lifecycle(args)
     if args.command == "operator":
         if args.metrics_port:
             import os
@@ -95,6 +110,49 @@ def _load_chosen(path: Path, kind: str, only: list[str] | None) -> tuple[Any, li
         print(f"{path}: no {kind} to run", file=sys.stderr)
         return None
     return resources, chosen
+
+
+def _lifecycle(args: argparse.Namespace) -> int:
+    from icechunk_operator.api.documents import SpecError, load_resources
+    from icechunk_operator.engine import lifecycle
+    from icechunk_operator.engine.storage import open_repository
+
+    try:
+        stores = load_resources(args.file).stores
+    except SpecError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    name = args.store or (next(iter(stores)) if len(stores) == 1 else None)
+    if name not in stores:
+        print(f"{args.file}: --store must name one of {sorted(stores)}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    spec = stores[name].spec
+    try:
+        repo = open_repository(spec, create=False)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    if args.command == "history":
+        for line in lifecycle.history(repo, spec.branch, args.limit):
+            stamp = line.written_at.strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{line.id}  {stamp}  {line.batch or '-':<20}  {line.message}")
+        return EXIT_OK
+    if args.command == "tag":
+        target = lifecycle.tag_snapshot(repo, args.tag, snapshot=args.snapshot, branch=spec.branch)
+        print(f"tagged {target} as {args.tag}")
+        return EXIT_OK
+    try:
+        older_than = lifecycle.parse_duration(args.older_than) if args.older_than else None
+        report = lifecycle.expire_and_collect(repo, spec.branch, older_than=older_than, keep=args.keep)
+    except ValueError as error:
+        print(f"expire: {error}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    print(
+        f"expired {report.expired} snapshots older than {report.cutoff:%Y-%m-%d %H:%M:%S}; garbage "
+        f"collection deleted {report.snapshots_deleted} snapshots, {report.manifests_deleted} manifests, "
+        f"{report.chunks_deleted} chunks ({report.bytes_deleted} bytes)"
+    )
+    return EXIT_OK
 
 
 def _reconcile(path: Path, only: list[str] | None) -> int:
