@@ -25,21 +25,11 @@ if all_built; then echo "$bin"; exit 0; fi
 log() { echo "build-chart-tools: $*" >&2; }
 export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
 
-build_go() {  # name module package version
-    local name=$1 module=$2 package=$3 version=$4 dir="$root/src/$1"
-    [[ -x "$bin/$name" ]] && return
-    command -v go >/dev/null || { log "Go is required to build $name"; exit 1; }
-    mkdir -p "$dir"
-    printf 'module icechunk-operator.invalid/%s\n\ngo 1.24\n\nrequire %s %s\n' "$name" "$module" "$version" >"$dir/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
-    (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod download "$module@$version")
-    log "building $name $version"
-    (cd "$dir" && go build -trimpath -ldflags "-s -w" -o "$bin/$name.tmp" "$package")
-    mv "$bin/$name.tmp" "$bin/$name"
-}
+# shellcheck source=go-module-build.sh
+source "$(dirname "$0")/go-module-build.sh"
 
 started=$SECONDS
-build_go helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+build_go_module helm helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
 
 if [[ ! -x "$bin/checkov" ]]; then
     log "installing checkov $CHECKOV_VERSION"

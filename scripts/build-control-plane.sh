@@ -85,20 +85,12 @@ GO
     done
 }
 
-build_simple() {  # name module package version
-    local name=$1 module=$2 package=$3 version=$4 dir="$root/src/$1"
-    mkdir -p "$dir"
-    printf 'module icechunk-operator.invalid/%s\n\ngo 1.24\n\nrequire %s %s\n' "$name" "$module" "$version" >"$dir/go.mod"
-    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$package" >"$dir/tools.go"
-    (cd "$dir" && go mod tidy >/dev/null 2>&1 || go mod download "$module@$version")
-    log "building $name $version"
-    (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/$name.tmp" "$package")
-    mv "$bin/$name.tmp" "$bin/$name"
-}
+# shellcheck source=go-module-build.sh
+source "$(dirname "$0")/go-module-build.sh"
 
 started=$SECONDS
-[[ -x "$bin/etcd" ]] || build_simple etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
-[[ -x "$bin/kwok" ]] || build_simple kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+[[ -x "$bin/etcd" ]] || build_go_module etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
+[[ -x "$bin/kwok" ]] || build_go_module kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 all_built || build_kubernetes
 log "built in $((SECONDS - started)) s into $bin"
 echo "$bin"

@@ -197,7 +197,7 @@ class Controller:
             if decision.start is not None:
                 await asyncio.to_thread(self._start, namespace, decision.start)
             for name, position in decision.positions.items():
-                await asyncio.to_thread(self._set_position, namespace, name, position, decision.blocked_by)
+                await asyncio.to_thread(self._set_position, namespace, name, position)
         if finished_any and store_body is not None:
             await self.refresh_store(store_body, force=True)
 
@@ -308,7 +308,7 @@ class Controller:
         if self.api.delete_dask_cluster(namespace, cluster):
             self.post_event(body, "Normal", "DaskClusterDeleted", f"DaskCluster {cluster} deleted")
 
-    def _set_position(self, namespace: str, name: str, position: int, blocked_by: str | None) -> None:
+    def _set_position(self, namespace: str, name: str, position: int) -> None:
         body = self.api.get(names.BATCHES, namespace, name)
         if body is None:
             return

@@ -25,10 +25,6 @@ def load_config() -> None:
         config.load_kube_config()
 
 
-def is_status(error: BaseException, code: int) -> bool:
-    return isinstance(error, ApiException) and error.status == code
-
-
 class KubeApi:
     """The API calls the operator and the commit pod make, nothing more (see the RBAC rules)."""
 
@@ -62,10 +58,6 @@ class KubeApi:
                 return None
             raise
         return dict(obj)
-
-    def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        listed: Any = self.custom.list_namespaced_custom_object(names.GROUP, names.VERSION, namespace, plural)
-        return list(listed.get("items", []))
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch ``status``; fields not named are left to whoever else writes them."""
