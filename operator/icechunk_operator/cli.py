@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from icechunk_operator import __version__
 
@@ -296,5 +296,12 @@ def _demo(folder: Path, workers: int) -> int:
     return code
 
 
+def entrypoint() -> NoReturn:
+    """The console script: :func:`main`, then :func:`~icechunk_operator.exiting.exit_now`."""
+    from icechunk_operator.exiting import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

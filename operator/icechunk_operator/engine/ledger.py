@@ -8,7 +8,6 @@ parquet table; later pages override earlier ones per URL, and compaction folds t
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
@@ -39,15 +38,19 @@ def encode_page(entries: Iterable[LedgerEntry]) -> bytes:
             "removed": pa.array([r["removed"] for r in rows], pa.bool_()),
         }
     )
-    sink = io.BytesIO()
+    sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def decode_page(data: bytes) -> list[LedgerEntry]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = pq.read_table(io.BytesIO(data)).to_pydict()
+    # A native buffer, not a Python file object: Arrow may release its reader on a pool thread
+    # after Python has begun shutting down, and a Python file there aborts the process
+    # ("terminate called without an active exception", apache/arrow#34314).
+    columns = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).to_pydict()
     return [LedgerEntry(*values) for values in zip(*(columns[c] for c in _COLUMNS), strict=True)]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import glob as globlib
-import io
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -98,13 +97,16 @@ def _head_files(urls: Iterable[str], store: IcechunkStoreSpec) -> list[SourceFil
 def read_index(url: str, store: IcechunkStoreSpec) -> list[SourceFile]:
     """A parquet index with columns url, size and etag and/or mtime (seconds or timestamp)."""
     import obstore
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if url.startswith("file://") or "://" not in url:
-        table = pq.read_table(url.removeprefix("file://"))
+        source: Any = url.removeprefix("file://")
     else:
         object_store, path = build_object_store(url, _location_for(url, store))
-        table = pq.read_table(io.BytesIO(bytes(obstore.get(object_store, path).bytes())))
+        source = pa.BufferReader(bytes(obstore.get(object_store, path).bytes()))
+    # Never a Python file object (see ledger.decode_page for the abort that avoids).
+    table = pq.ParquetFile(source).read(use_threads=False)
     columns = table.to_pydict()
     missing = {"url", "size"} - columns.keys()
     if missing or not ({"etag", "mtime"} & columns.keys()):

@@ -93,4 +93,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from icechunk_operator.exiting import exit_now
+
+    exit_now(main())
