@@ -178,11 +178,8 @@ def _reconcile(path: Path, only: list[str] | None) -> int:
         except (SourceOutsideContainersError, FileNotFoundError) as error:
             print(f"Reconciliation {name}: {error}", file=sys.stderr)
             return EXIT_INVALID_SPEC
-        counts = report.counts()
-        print(
-            f"{name}: {report.listed} source files, {report.recorded} in the store; "
-            f"missing {counts['missing']}, stale {counts['stale']}, orphaned {counts['orphaned']}"
-        )
+        found = ", ".join(f"{category} {count}" for category, count in report.counts().items())
+        print(f"{name}: {report.listed} source files, {report.recorded} in the store; {found}")
         print(f"  report: {report.report_url}")
         if not report.clean:
             exit_code = EXIT_BATCH_FAILED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,20 +12,38 @@ from pathlib import Path
 import yaml
 
 from icechunk_operator.api import Reconciliation
+from icechunk_operator.api.batch import SourceSpec
 from icechunk_operator.engine.reconcile import run_reconciliation
+from icechunk_operator.engine.records import SourceFile
 from icechunk_operator.engine.runner import run_batch
+from icechunk_operator.engine.sources import list_sources
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.conftest import ismip6_resources
 
 
-def reconciliation(prefix: str, store: str = "ismip6") -> Reconciliation:
+def reconciliation(prefix: str, store: str = "ismip6", **spec: object) -> Reconciliation:
+    source = {"index": prefix} if prefix.endswith(".parquet") else {"prefix": prefix, "glob": "**/*.nc"}
     return Reconciliation.model_validate(
         {
             "kind": "Reconciliation",
             "metadata": {"name": "check"},
-            "spec": {"store": store, "prefix": prefix, "glob": "**/*.nc"},
+            "spec": {"store": store, **source, **spec},
         }
     )
+
+
+def write_index(files: list[SourceFile], path: Path) -> str:
+    """A parquet index as a catalogue would keep it: url, size and mtime per file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {
+        "url": [f.url for f in files],
+        "size": [f.size for f in files],
+        "mtime": [f.mtime for f in files],
+    }
+    pq.write_table(pa.table(columns), path)
+    return path.as_uri()
 
 
 def test_missing_stale_and_orphaned_are_each_found_exactly(archive: ArchiveLayout, tmp_path: Path) -> None:
@@ -55,6 +74,39 @@ def test_missing_stale_and_orphaned_are_each_found_exactly(archive: ArchiveLayou
     written = json.loads(Path(report.report_url.removeprefix("file://")).read_text())
     assert written["counts"] == {"missing": len(defective) + 1, "stale": 1, "orphaned": 1}
     assert written["orphaned"][0]["group"] == gone.group
+
+
+def test_broken_references_are_found_though_the_index_still_lists_the_files(
+    archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri())
+    assert run_batch(store, batch).succeeded
+    prefix = archive.root.resolve().as_uri() + "/Projection-AIS/"
+    listed = list_sources(SourceSpec(prefix=prefix), store.spec)
+    good = {f.path.resolve().as_uri(): f for f in archive.files if f.defect == "none"}
+    index = write_index([f for f in listed if f.url in good], tmp_path / "index.parquet")
+
+    check = reconciliation(index, checkReferences=True)
+    assert run_reconciliation(store, check).counts() == {"missing": 0, "stale": 0, "orphaned": 0, "broken": 0}
+
+    by_group: dict[str, list[str]] = {}
+    for url, item in sorted(good.items()):
+        by_group.setdefault(item.group, []).append(url)
+    gone_group, damaged_group = sorted(by_group)[:2]
+    gone = by_group[gone_group][0]
+    Path(gone.removeprefix("file://")).unlink()
+    damaged = Path(by_group[damaged_group][0].removeprefix("file://"))  # first in its concatenation
+    before = damaged.stat()
+    damaged.write_bytes(b"")  # truncated, but with its old mtime: only a read can tell
+    os.utime(damaged, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    report = run_reconciliation(store, check)
+    assert not report.missing and not report.stale and not report.orphaned  # the index is unchanged
+    assert report.broken is not None
+    assert [(b.group, b.url) for b in report.broken] == [(gone_group, gone), (damaged_group, None)]
+    assert report.broken[0].reason == "object gone"
+    assert report.broken[1].reason.startswith("sample read failed")
+    assert run_reconciliation(store, reconciliation(index)).broken is None  # only on request
 
 
 def test_a_narrower_prefix_does_not_call_the_rest_orphaned(archive: ArchiveLayout, tmp_path: Path) -> None:

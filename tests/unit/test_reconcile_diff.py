@@ -38,3 +38,12 @@ def test_an_index_covers_the_whole_store() -> None:
     report = diff_store(ledger, [])
     assert [e.url for e in report.orphaned] == ["s3://a/y/elsewhere.nc"]
     assert not diff_store({}, []).counts()["missing"] and diff_store({}, []).clean
+
+
+def test_edge_blocks_are_the_first_and_last_chunk() -> None:
+    from icechunk_operator.engine.references import edge_blocks
+
+    assert edge_blocks((10, 4), (3, 4)) == [(slice(0, 3), slice(0, 4)), (slice(9, 10), slice(0, 4))]
+    assert edge_blocks((3,), (5,)) == [(slice(0, 3),)]  # one chunk: read once
+    assert edge_blocks((0, 4), (1, 4)) == []  # an empty array has nothing to read
+    assert edge_blocks((), ()) == [()]  # a scalar is its own chunk

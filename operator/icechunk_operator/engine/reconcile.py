@@ -5,7 +5,9 @@ ingest) is compared with a fresh listing of the source or with a parquet index:
 
 - *missing*: in the source, not in the store;
 - *stale*: in both, but the source file changed since it was ingested;
-- *orphaned*: in the store, gone from the source.
+- *orphaned*: in the store, gone from the source;
+- *broken* (when ``checkReferences`` asks): a reference of the branch tip whose object is gone
+  or whose group fails a sample read (:mod:`icechunk_operator.engine.references`).
 
 Only ledger entries inside the listing's scope can be orphaned: a prefix and glob cover the files
 they match, an index covers the whole store. The comparison is pure (:func:`diff_store`); the
@@ -25,6 +27,7 @@ from icechunk_operator.api.batch import SourceSpec
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore, IcechunkStoreSpec
 from icechunk_operator.engine.records import LedgerEntry, SourceFile
+from icechunk_operator.engine.references import BrokenReference
 
 
 @dataclass
@@ -32,16 +35,20 @@ class ReconcileReport:
     missing: list[SourceFile] = field(default_factory=list)
     stale: list[tuple[SourceFile, LedgerEntry]] = field(default_factory=list)
     orphaned: list[LedgerEntry] = field(default_factory=list)
+    broken: list[BrokenReference] | None = None  # None: references were not checked
     listed: int = 0
     recorded: int = 0
     report_url: str | None = None
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned)
+        return not (self.missing or self.stale or self.orphaned or self.broken)
 
     def counts(self) -> dict[str, int]:
-        return {"missing": len(self.missing), "stale": len(self.stale), "orphaned": len(self.orphaned)}
+        counts = {"missing": len(self.missing), "stale": len(self.stale), "orphaned": len(self.orphaned)}
+        if self.broken is not None:
+            counts["broken"] = len(self.broken)
+        return counts
 
     def to_json(self, reconciliation: str, store: str) -> dict[str, Any]:
         return {
@@ -65,6 +72,9 @@ class ReconcileReport:
             "orphaned": [
                 {"url": e.url, "group": e.group, "ingested_at": e.ingested_at} for e in self.orphaned
             ],
+            "broken": None
+            if self.broken is None
+            else [{"group": b.group, "url": b.url, "reason": b.reason} for b in self.broken],
         }
 
 
@@ -126,6 +136,10 @@ def run_reconciliation(store: IcechunkStore, reconciliation: Reconciliation) -> 
     ledger = load_ledger(repo, store.spec.branch)
     prefix = source.prefix
     report = diff_store(ledger, listed, prefix=prefix, glob=glob_regex(spec.glob) if prefix else None)
+    if spec.check_references:
+        from icechunk_operator.engine.references import find_broken
+
+        report.broken = find_broken(repo, store.spec.branch, store.spec, ledger)
     url = report_url(store.spec, reconciliation.metadata.name)
     write_json(url, store.spec, report.to_json(reconciliation.metadata.name, store.metadata.name))
     report.report_url = url

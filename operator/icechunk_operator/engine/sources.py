@@ -94,6 +94,26 @@ def _head_files(urls: Iterable[str], store: IcechunkStoreSpec) -> list[SourceFil
     return asyncio.run(head_all())
 
 
+def missing_objects(urls: Iterable[str], store: IcechunkStoreSpec) -> list[str]:
+    """Which of ``urls`` no longer exist (one concurrent HEAD each)."""
+    import obstore
+    from obstore.exceptions import NotFoundError
+
+    async def gone(url: str) -> bool:
+        object_store, path = build_object_store(url, _location_for(url, store))
+        try:
+            await obstore.head_async(object_store, path)
+        except (NotFoundError, FileNotFoundError):  # S3 and GCS; local files
+            return True
+        return False
+
+    async def check_all(wanted: list[str]) -> list[str]:
+        found = await asyncio.gather(*(gone(u) for u in wanted))
+        return [url for url, is_gone in zip(wanted, found, strict=True) if is_gone]
+
+    return asyncio.run(check_all(list(urls)))
+
+
 def read_index(url: str, store: IcechunkStoreSpec) -> list[SourceFile]:
     """A parquet index with columns url, size and etag and/or mtime (seconds or timestamp)."""
     import obstore
