@@ -156,33 +156,46 @@ def _lifecycle(args: argparse.Namespace) -> int:
 
 
 def _reconcile(path: Path, only: list[str] | None) -> int:
-    """Exit 0 when every store matches its source, 1 when something differs, 2 when refused."""
+    """Exit 0 when every store matches its source (or a repair made it so), 1 when something
+    differs (or a repair failed), 2 when refused."""
     from icechunk_operator.api.reconciliation import ReconciliationMode
-    from icechunk_operator.engine.reconcile import run_reconciliation
+    from icechunk_operator.engine.reconcile import repair_batch, run_reconciliation
     from icechunk_operator.engine.urls import SourceOutsideContainersError
 
     loaded = _load_chosen(path, "Reconciliation", only)
     if loaded is None:
         return EXIT_INVALID_SPEC
     resources, chosen = loaded
+    batches = {batch.metadata.name: batch for batch in resources.batches}
     exit_code = EXIT_OK
     for reconciliation in chosen:
         name = reconciliation.metadata.name
-        if reconciliation.spec.mode == ReconciliationMode.REPAIR:
-            print(
-                f"Reconciliation {name}: spec.mode Repair is not available yet; use Report", file=sys.stderr
-            )
-            return EXIT_INVALID_SPEC
+        store = resources.stores[reconciliation.spec.store]
         try:
-            report = run_reconciliation(resources.stores[reconciliation.spec.store], reconciliation)
+            report = run_reconciliation(store, reconciliation)
         except (SourceOutsideContainersError, FileNotFoundError) as error:
             print(f"Reconciliation {name}: {error}", file=sys.stderr)
             return EXIT_INVALID_SPEC
         found = ", ".join(f"{category} {count}" for category, count in report.counts().items())
         print(f"{name}: {report.listed} source files, {report.recorded} in the store; {found}")
         print(f"  report: {report.report_url}")
-        if not report.clean:
-            exit_code = EXIT_BATCH_FAILED
+        template = reconciliation.spec.batch_template
+        if reconciliation.spec.mode == ReconciliationMode.REPORT or template is None:
+            exit_code = max(exit_code, EXIT_OK if report.clean else EXIT_BATCH_FAILED)
+            continue
+        try:
+            repair = repair_batch(store, reconciliation, batches[template], report)
+        except ValueError as error:
+            print(f"Reconciliation {name}: {error}", file=sys.stderr)
+            return EXIT_INVALID_SPEC
+        if repair is None:
+            exit_code = max(exit_code, EXIT_OK if not report.broken else EXIT_BATCH_FAILED)
+            continue
+        print(f"  repair: IngestBatch {repair.metadata.name}")
+        code = _run_batch(store, repair)
+        if code == EXIT_INVALID_SPEC:
+            return code
+        exit_code = max(exit_code, code, EXIT_BATCH_FAILED if report.broken else EXIT_OK)
     return exit_code
 
 
@@ -253,31 +266,36 @@ def _validate(path: Path) -> int:
 def run_file(
     path: Path, *, scheduler: str | None = None, workers: int | None = None, only: list[str] | None = None
 ) -> int:
-    from icechunk_operator.engine.runner import run_batch
-    from icechunk_operator.engine.templates import GroupPathError
-    from icechunk_operator.engine.urls import SourceOutsideContainersError
-    from icechunk_operator.progress import make_progress, summary_table
-
     loaded = _load_chosen(path, "IngestBatch", only)
     if loaded is None:
         return EXIT_INVALID_SPEC
     resources, batches = loaded
     exit_code = EXIT_OK
     for batch in batches:
-        store = resources.stores[batch.spec.store]
-        progress = make_progress()
-        try:
-            report = run_batch(store, batch, scheduler=scheduler, workers=workers, on_progress=progress)
-        except (SourceOutsideContainersError, GroupPathError) as error:
-            progress.close()
-            print(f"IngestBatch {batch.metadata.name}: {error}", file=sys.stderr)
-            return EXIT_INVALID_SPEC
-        finally:
-            progress.close()
-        print(summary_table(report))
-        if not report.succeeded:
-            exit_code = EXIT_BATCH_FAILED
+        code = _run_batch(resources.stores[batch.spec.store], batch, scheduler=scheduler, workers=workers)
+        if code == EXIT_INVALID_SPEC:
+            return code
+        exit_code = max(exit_code, code)
     return exit_code
+
+
+def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers: int | None = None) -> int:
+    """One batch with a progress bar and a summary table; the exit code it earns."""
+    from icechunk_operator.engine.runner import run_batch
+    from icechunk_operator.engine.templates import GroupPathError
+    from icechunk_operator.engine.urls import SourceOutsideContainersError
+    from icechunk_operator.progress import make_progress, summary_table
+
+    progress = make_progress()
+    try:
+        report = run_batch(store, batch, scheduler=scheduler, workers=workers, on_progress=progress)
+    except (SourceOutsideContainersError, GroupPathError) as error:
+        print(f"IngestBatch {batch.metadata.name}: {error}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    finally:
+        progress.close()
+    print(summary_table(report))
+    return EXIT_OK if report.succeeded else EXIT_BATCH_FAILED
 
 
 def _demo(folder: Path, workers: int) -> int:

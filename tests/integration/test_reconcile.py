@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import yaml
+import zarr
 
 from icechunk_operator.api import Reconciliation
 from icechunk_operator.api.batch import SourceSpec
@@ -17,6 +18,7 @@ from icechunk_operator.engine.reconcile import run_reconciliation
 from icechunk_operator.engine.records import SourceFile
 from icechunk_operator.engine.runner import run_batch
 from icechunk_operator.engine.sources import list_sources
+from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.conftest import ismip6_resources
 
@@ -130,7 +132,41 @@ def test_cli_reports_and_exits_non_zero_on_differences(archive: ArchiveLayout, t
     assert result.returncode == 1, result.stderr  # the defective files are missing from the store
     assert "missing 4, stale 0, orphaned 0" in result.stdout
 
-    repair = check.model_copy(update={"spec": check.spec.model_copy(update={"mode": "Repair"})})
-    spec.write_text(yaml.safe_dump_all([store.to_api(), repair.to_api()]))
+    repair = check.to_api()
+    repair["spec"]["mode"] = "Repair"
+    spec.write_text(yaml.safe_dump_all([store.to_api(), repair]))
     refused = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "spec.mode Repair is not available yet" in refused.stderr
+    assert refused.returncode == 2 and "batchTemplate" in refused.stderr
+
+
+def test_repair_makes_the_next_reconciliation_clean(archive: ArchiveLayout, tmp_path: Path) -> None:
+    for item in archive.files:
+        if item.defect != "none":
+            item.path.unlink()  # a clean start: every file of the archive can be ingested
+    good = [f for f in archive.files if f.defect == "none"]
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri())
+    assert run_batch(store, batch).succeeded
+    gone, changed, copied = good[0], good[1], good[2]
+    gone.path.unlink()
+    os.utime(changed.path)  # a new mtime: stale
+    added = copied.path.parent.parent / "exp99" / copied.path.name
+    added.parent.mkdir()
+    shutil.copy(copied.path, added)
+
+    prefix = archive.root.resolve().as_uri() + "/Projection-AIS/"
+    check = reconciliation(prefix, mode="Repair", batchTemplate="ismip6", removeOrphans=True)
+    spec = tmp_path / "repair.yaml"
+    spec.write_text(yaml.safe_dump_all([store.to_api(), batch.to_api(), check.to_api()]))
+    command = [sys.executable, "-m", "icechunk_operator.cli", "reconcile", "-f", str(spec)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "missing 1, stale 1, orphaned 1" in result.stdout
+    assert "repair: IngestBatch check-repair-" in result.stdout
+
+    after = run_reconciliation(store, reconciliation(prefix, checkReferences=True))
+    assert after.clean and after.recorded == len(good)  # one gone, one added
+    session = open_repository(store.spec, create=False).readonly_session(branch="main")
+    root = zarr.open_group(session.store, mode="r")
+    assert gone.group not in root  # its only file was removed: the group went with it
+    added_group = copied.group.replace(copied.experiment, "exp99")
+    assert added_group in root and changed.group in root

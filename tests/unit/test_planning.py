@@ -1,5 +1,5 @@
 from icechunk_operator.api.batch import CombineRule, GroupingSpec
-from icechunk_operator.engine.planning import WriteMode, plan_ingest
+from icechunk_operator.engine.planning import WriteMode, plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import LedgerEntry, SourceFile
 
 GROUPING = GroupingSpec(pattern=r"data/(?P<site>[^/]+)/(?P<name>[^/]+)\.nc$", template="{site}/{name}")
@@ -72,3 +72,29 @@ def test_skip_list_and_unmatched_paths() -> None:
     )
     assert [s.url for s in plan.skipped] == ["s3://b/data/s1/a.nc"]
     assert [f.url for f in plan.refused] == ["s3://b/other/x.nc"]
+
+
+def test_removed_files_rebuild_their_group_or_delete_it() -> None:
+    a1, a2, b1 = src("s1/t1.nc"), src("s1/t2.nc"), src("s2/t1.nc")
+    ledger = {a1.url: entry(a1, "s1"), a2.url: entry(a2, "s1"), b1.url: entry(b1, "s2")}
+    removed = [a2.url, b1.url]
+    plan = plan_ingest([], without(ledger, removed), CONCAT)
+    deleted = plan_removals(plan, removed, ledger, CONCAT)
+    assert deleted == ["s2"]  # no file of s2 remains
+    assert [(w.group, w.mode, w.files) for w in plan.work] == [("s1", WriteMode.REPLACE, (a1,))]
+
+
+def test_an_append_to_a_group_that_loses_a_file_becomes_a_rewrite() -> None:
+    a1, a2, a3 = src("s1/t1.nc"), src("s1/t2.nc"), src("s1/t3.nc")
+    ledger = {a1.url: entry(a1, "s1"), a2.url: entry(a2, "s1")}
+    plan = plan_ingest([a3], without(ledger, [a1.url]), CONCAT)
+    assert [w.mode for w in plan.work] == [WriteMode.APPEND]
+    assert plan_removals(plan, [a1.url], ledger, CONCAT) == []
+    assert [(w.mode, w.files) for w in plan.work] == [(WriteMode.REPLACE, (a2, a3))]
+
+
+def test_removing_unknown_or_already_removed_files_changes_nothing() -> None:
+    a1 = src("s1/t1.nc")
+    ledger = {a1.url: entry(a1, "s1")}
+    plan = plan_ingest([], without(ledger, ["s3://b/data/s9/x.nc"]), CONCAT)
+    assert plan_removals(plan, ["s3://b/data/s9/x.nc"], ledger, CONCAT) == [] and plan.work == []

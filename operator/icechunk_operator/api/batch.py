@@ -42,6 +42,13 @@ class SourceSpec(ApiModel):
     skip: list[str] = Field(
         default_factory=list, description="Globs on the file URL; matching files are skipped."
     )
+    remove_index: str | None = Field(
+        default=None,
+        description=(
+            "A parquet file (column url) of source files to drop from the store: their groups are "
+            "rebuilt from the files that remain, or deleted when none remain. Repairs write it."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SourceSpec:

@@ -80,4 +80,12 @@ def load_resources(path: Path) -> ResourceSet:
             raise SpecError(
                 f"{path}: {kind} {name}: spec.store: no IcechunkStore named {store!r} in this file"
             )
+    batch_names = {b.metadata.name for b in resources.batches}
+    for reconciliation in resources.reconciliations:
+        template = reconciliation.spec.batch_template
+        if template is not None and template not in batch_names:
+            raise SpecError(
+                f"{path}: Reconciliation {reconciliation.metadata.name}: spec.batchTemplate: "
+                f"no IngestBatch named {template!r} in this file"
+            )
     return resources

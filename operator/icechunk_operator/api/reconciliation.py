@@ -1,7 +1,8 @@
-"""Reconciliation: compare a store's ledger with a source index (report or repair).
+"""Reconciliation: compare a store's ledger with its source (report), and fix it (repair).
 
-The model is defined now so that the CLI and the CRDs share it; the engine behind it comes with
-the reconciliation work.
+A repair is an ordinary IngestBatch, built from ``batchTemplate`` (grouping, virtualization,
+execution) with the files to ingest and to remove as its source, so it queues, runs and reports
+like every other batch on the store.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ class ReconciliationSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("has(self.index) != has(self.prefix)", "exactly one of index, prefix must be set")
+                cel("has(self.index) != has(self.prefix)", "exactly one of index, prefix must be set"),
+                cel(
+                    "self.mode != 'Repair' || has(self.batchTemplate)",
+                    "mode Repair needs batchTemplate: the IngestBatch whose settings repairs copy",
+                ),
             ]
         }
     )
@@ -41,7 +46,15 @@ class ReconciliationSpec(ApiModel):
     glob: str = Field(default="**/*.nc")
     check_references: bool = Field(default=False, description="Also sample-read references.")
     mode: ReconciliationMode = Field(default=ReconciliationMode.REPORT)
-    remove_orphans: bool = Field(default=False, description="In Repair, remove orphaned groups.")
+    batch_template: str | None = Field(
+        default=None,
+        description="IngestBatch (same namespace) whose grouping, virtualization and execution a "
+        "repair batch copies; required for mode Repair.",
+    )
+    remove_orphans: bool = Field(
+        default=False,
+        description="In Repair, drop orphaned files: their groups are rebuilt without them, or deleted.",
+    )
     schedule: str | None = Field(default=None, description="Cron schedule to re-run.")
     history_limit: int = Field(default=3, ge=0, le=100)
 
@@ -49,6 +62,8 @@ class ReconciliationSpec(ApiModel):
     def _one_source(self) -> ReconciliationSpec:
         if (self.index is None) == (self.prefix is None):
             raise ValueError("exactly one of index, prefix must be set")
+        if self.mode == ReconciliationMode.REPAIR and self.batch_template is None:
+            raise ValueError("batchTemplate: mode Repair needs the IngestBatch whose settings repairs copy")
         return self
 
 

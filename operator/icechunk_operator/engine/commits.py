@@ -39,6 +39,7 @@ class CheckpointPolicy:
 class CommitStats:
     commits: list[str] = field(default_factory=list)
     groups_written: int = 0
+    groups_deleted: int = 0
     files_written: int = 0
     write_seconds: float = 0.0
     commit_seconds: float = 0.0
@@ -86,6 +87,15 @@ class CheckpointedWriter:
             self.flush()
         if self._checkpoint_due():
             self.checkpoint()
+
+    def delete_group(self, group: str) -> None:
+        """Drop a group none of whose files remain; the ledger marks its files removed."""
+        self._writer.delete_groups(self._session, [group])
+        stamp = now_iso()
+        for url in sorted(self._ledger_by_group.pop(group, set())):
+            self._pending_entries.append(LedgerEntry(url, 0, None, None, group, self._batch, stamp, True))
+        self._pending_groups.append(group)
+        self.stats.groups_deleted += 1
 
     def note_failures(self, count: int) -> None:
         self._failed_since_commit += count

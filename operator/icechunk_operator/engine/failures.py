@@ -44,9 +44,13 @@ def write_failure_log(url: str, store: IcechunkStoreSpec, log: dict[str, Any]) -
 
 def write_json(url: str, store: IcechunkStoreSpec, document: dict[str, Any]) -> None:
     """A JSON document beside the store (failure logs, reconciliation reports)."""
+    write_beside_store(url, store, json.dumps(document, indent=1).encode())
+
+
+def write_beside_store(url: str, store: IcechunkStoreSpec, data: bytes) -> None:
+    """An object written with the store's own credentials (reports, repair lists)."""
     import obstore
 
-    data = json.dumps(document, indent=1).encode()
     if url.startswith("file://"):
         from pathlib import Path
 

@@ -11,7 +11,7 @@ import fnmatch
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from icechunk_operator.api.batch import Combine, CombineRule, GroupingSpec
@@ -135,3 +135,48 @@ def _plan_group(
     everything = listed + [e.as_source() for e in recorded if e.url not in listed_urls]
     everything.sort(key=lambda s: s.url)
     plan.work.append(GroupWork(group, tuple(everything), rule.combine, rule.dimension, WriteMode.REPLACE))
+
+
+def without(ledger: Mapping[str, LedgerEntry], removed: Iterable[str]) -> dict[str, LedgerEntry]:
+    """The ledger as if ``removed`` were already dropped: what the ingest plan must not keep."""
+    view = dict(ledger)
+    for url in removed:
+        entry = view.get(url)
+        if entry is not None and not entry.removed:
+            view[url] = replace(entry, removed=True)
+    return view
+
+
+def plan_removals(
+    plan: Plan, removed: Iterable[str], ledger: Mapping[str, LedgerEntry], grouping: GroupingSpec
+) -> list[str]:
+    """Fold the removal of ``removed`` files into ``plan`` (planned with :func:`without`).
+
+    A group that loses files is rewritten from the files that remain (an append to it becomes a
+    rewrite, so the removed file's data goes too); a group left with no files is returned, to be
+    deleted.
+    """
+    gone = set(removed)
+    by_group: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for entry in ledger.values():
+        if not entry.removed:
+            by_group[entry.group].append(entry)
+    affected = sorted({e.group for e in ledger.values() if e.url in gone and not e.removed})
+    planned = {work.group: index for index, work in enumerate(plan.work)}
+    deleted = []
+    for group in affected:
+        remaining = [e.as_source() for e in by_group[group] if e.url not in gone]
+        rule = rule_for(group, grouping.rules)
+        if group in planned:
+            work = plan.work[planned[group]]
+            if work.mode != WriteMode.REPLACE:
+                files = sorted([*work.files, *remaining], key=lambda s: s.url)
+                plan.work[planned[group]] = GroupWork(
+                    group, tuple(files), work.combine, work.dimension, WriteMode.REPLACE
+                )
+        elif remaining:
+            files = sorted(remaining, key=lambda s: s.url)
+            plan.work.append(GroupWork(group, tuple(files), rule.combine, rule.dimension, WriteMode.REPLACE))
+        else:
+            deleted.append(group)
+    return deleted

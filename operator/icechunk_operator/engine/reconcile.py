@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from icechunk_operator.api.batch import SourceSpec
+from icechunk_operator.api.batch import IngestBatch, SourceSpec
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore, IcechunkStoreSpec
 from icechunk_operator.engine.records import LedgerEntry, SourceFile
@@ -144,3 +144,51 @@ def run_reconciliation(store: IcechunkStore, reconciliation: Reconciliation) -> 
     write_json(url, store.spec, report.to_json(reconciliation.metadata.name, store.metadata.name))
     report.report_url = url
     return report
+
+
+def repair_batch(
+    store: IcechunkStore, reconciliation: Reconciliation, template: IngestBatch, report: ReconcileReport
+) -> IngestBatch | None:
+    """The IngestBatch that fixes what ``report`` found, or None when there is nothing to fix.
+
+    Its lists go beside the report as parquet (a spec could not hold 100,000 URLs): missing and
+    stale files to ingest, and, with ``removeOrphans``, orphaned files to remove. Broken references
+    are reported, not repaired: the files behind them look unchanged, so only a person can say
+    whether to re-ingest or drop them.
+    """
+    from icechunk_operator.engine.failures import write_beside_store
+    from icechunk_operator.engine.sources import encode_index, encode_url_list
+
+    spec = reconciliation.spec
+    if template.spec.store != spec.store:
+        raise ValueError(
+            f"spec.batchTemplate: IngestBatch {template.metadata.name} writes to store "
+            f"{template.spec.store!r}, not {spec.store!r}"
+        )
+    to_ingest = [*report.missing, *(source for source, _ in report.stale)]
+    to_remove = [entry.url for entry in report.orphaned] if spec.remove_orphans else []
+    if not to_ingest and not to_remove:
+        return None
+    if report.report_url is None:
+        raise ValueError("a repair needs the report written first")
+    base = report.report_url.removesuffix(".json")
+    ingest_url = f"{base}-ingest.parquet"
+    write_beside_store(ingest_url, store.spec, encode_index(to_ingest))
+    remove_url = None
+    if to_remove:
+        remove_url = f"{base}-remove.parquet"
+        write_beside_store(remove_url, store.spec, encode_url_list(to_remove))
+    stamp = base.rsplit("-", 1)[-1].lower()
+    metadata = {
+        "name": f"{reconciliation.metadata.name}-repair-{stamp}",
+        "namespace": reconciliation.metadata.namespace,
+        "labels": {"icechunkoperator.io/reconciliation": reconciliation.metadata.name},
+    }
+    source = SourceSpec(index=ingest_url, remove_index=remove_url)
+    return IngestBatch.model_validate(
+        {
+            "kind": "IngestBatch",
+            "metadata": metadata,
+            "spec": template.spec.model_copy(update={"source": source}).model_dump(by_alias=True),
+        }
+    )

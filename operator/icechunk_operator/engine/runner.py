@@ -27,9 +27,9 @@ from icechunk_operator.engine.execution import (
 )
 from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
 from icechunk_operator.engine.objects import containers_key
-from icechunk_operator.engine.planning import plan_ingest
+from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord
-from icechunk_operator.engine.sources import check_sources, list_sources
+from icechunk_operator.engine.sources import check_sources, list_sources, read_url_list
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
 
@@ -54,6 +54,7 @@ class RunReport:
     failed: int = 0
     skipped: int = 0
     groups_written: int = 0
+    groups_deleted: int = 0
     commits: list[str] = field(default_factory=list)
     failure_log: str | None = None
     failures: list[FailureRecord] = field(default_factory=list)
@@ -114,7 +115,10 @@ def run_batch(
     stages["list"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    plan = plan_ingest(files, ledger, batch.spec.grouping, batch.spec.source.skip)
+    source = batch.spec.source
+    removed = read_url_list(source.remove_index, store.spec) if source.remove_index else []
+    plan = plan_ingest(files, without(ledger, removed), batch.spec.grouping, source.skip)
+    deleted_groups = plan_removals(plan, removed, ledger, batch.spec.grouping)
     stages["plan"] = time.perf_counter() - started
 
     report.total = len(files)
@@ -143,6 +147,8 @@ def run_batch(
     started = time.perf_counter()
     virtualize_seconds = 0.0
     try:
+        for group in deleted_groups:  # in the first commit
+            writer.delete_group(group)
         if plan.work:
             stage("virtualizing")
             with dask_client(
@@ -175,6 +181,7 @@ def run_batch(
         writer.close()
         report.commits = writer.stats.commits
         report.groups_written = writer.stats.groups_written
+        report.groups_deleted = writer.stats.groups_deleted
         stages["virtualize (worker CPU)"] = virtualize_seconds
         stages["write"] = writer.stats.write_seconds
         stages["commit"] = writer.stats.commit_seconds

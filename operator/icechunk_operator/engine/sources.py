@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import glob as globlib
+import posixpath
 import re
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,7 +19,11 @@ from icechunk_operator.api.batch import SourceSpec
 from icechunk_operator.api.store import IcechunkStoreSpec
 from icechunk_operator.engine.objects import build_object_store
 from icechunk_operator.engine.records import SourceFile
-from icechunk_operator.engine.urls import check_within_containers, container_for
+from icechunk_operator.engine.urls import (
+    SourceOutsideContainersError,
+    check_within_containers,
+    container_for,
+)
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
@@ -116,18 +121,7 @@ def missing_objects(urls: Iterable[str], store: IcechunkStoreSpec) -> list[str]:
 
 def read_index(url: str, store: IcechunkStoreSpec) -> list[SourceFile]:
     """A parquet index with columns url, size and etag and/or mtime (seconds or timestamp)."""
-    import obstore
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if url.startswith("file://") or "://" not in url:
-        source: Any = url.removeprefix("file://")
-    else:
-        object_store, path = build_object_store(url, _location_for(url, store))
-        source = pa.BufferReader(bytes(obstore.get(object_store, path).bytes()))
-    # Never a Python file object (see ledger.decode_page for the abort that avoids).
-    table = pq.ParquetFile(source).read(use_threads=False)
-    columns = table.to_pydict()
+    columns = _parquet_columns(url, store)
     missing = {"url", "size"} - columns.keys()
     if missing or not ({"etag", "mtime"} & columns.keys()):
         raise ValueError(
@@ -139,3 +133,67 @@ def read_index(url: str, store: IcechunkStoreSpec) -> list[SourceFile]:
         SourceFile(u, int(s), e, m.timestamp() if isinstance(m, datetime) else m)
         for u, s, e, m in zip(columns["url"], columns["size"], etags, mtimes, strict=True)
     ]
+
+
+def encode_index(files: Iterable[SourceFile]) -> bytes:
+    """The parquet form :func:`read_index` reads (a repair's files to ingest)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = list(files)
+    table = pa.table(
+        {
+            "url": pa.array([f.url for f in rows], pa.string()),
+            "size": pa.array([f.size for f in rows], pa.int64()),
+            "etag": pa.array([f.etag for f in rows], pa.string()),
+            "mtime": pa.array([f.mtime for f in rows], pa.float64()),
+        }
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def encode_url_list(urls: Iterable[str]) -> bytes:
+    """The parquet form :func:`read_url_list` reads (a repair's files to remove)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"url": pa.array(list(urls), pa.string())}), sink)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def read_url_list(url: str, store: IcechunkStoreSpec) -> list[str]:
+    """A parquet file with a ``url`` column (the files a repair removes)."""
+    columns = _parquet_columns(url, store)
+    if "url" not in columns:
+        raise ValueError(f"spec.source.removeIndex: {url} needs a url column; has {sorted(columns)}")
+    return [str(u) for u in columns["url"]]
+
+
+def _parquet_columns(url: str, store: IcechunkStoreSpec) -> dict[str, list[Any]]:
+    """Read with the credentials of the container that holds ``url``, or with the store's own
+    when ``url`` lies beside the store (where reconciliations write their repair lists)."""
+    import obstore
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if url.startswith("file://") or "://" not in url:
+        source: Any = url.removeprefix("file://")
+    else:
+        prefixes = [c.url_prefix for c in store.virtual_chunk_containers]
+        beside_store = posixpath.dirname(store.storage.url.rstrip("/")) + "/"
+        if any(url.startswith(prefix) for prefix in prefixes):
+            location: Any = _location_for(url, store)
+        elif url.startswith(beside_store):
+            location = store.storage
+        else:
+            raise SourceOutsideContainersError(
+                f"{url}: an index must lie in a virtual chunk container or beside the store ({beside_store})"
+            )
+        object_store, path = build_object_store(url, location)
+        source = pa.BufferReader(bytes(obstore.get(object_store, path).bytes()))
+    # Never a Python file object (see ledger.decode_page for the abort that avoids).
+    columns: dict[str, list[Any]] = pq.ParquetFile(source).read(use_threads=False).to_pydict()
+    return columns
