@@ -35,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     reconcile = commands.add_parser(
         "reconcile", help="compare stores with their sources: missing, stale and orphaned files"
     )
-    reconcile.add_argument(
-        "-f", "--file", required=True, type=Path, help="YAML with stores and reconciliations"
+    target = reconcile.add_mutually_exclusive_group(required=True)
+    target.add_argument("-f", "--file", type=Path, help="YAML with stores and reconciliations")
+    target.add_argument(
+        "--resource", help="the reconcile pod: NAMESPACE/NAME of a Reconciliation in the cluster"
     )
     reconcile.add_argument("--name", action="append", help="only these reconciliations (repeatable)")
 
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "crds":
         return _crds(args.output)
     if args.command == "reconcile":
+        if args.resource:
+            return _in_cluster("reconcile", args.resource)
         return _reconcile(args.file, args.name)
     if args.command in ("history", "tag", "expire"):
         return _lifecycle(args)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["ICECHUNK_OPERATOR_METRICS_PORT"] = str(args.metrics_port)
         return _operator(args.namespace or [], args.liveness, args.verbose)
     if args.command == "commit":
-        return _commit(args.batch, args.scheduler)
+        return _in_cluster("commit", args.batch, args.scheduler)
     return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
 
 
@@ -239,13 +243,18 @@ def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int
     return EXIT_OK
 
 
-def _commit(batch: str, scheduler: str | None) -> int:
+def _in_cluster(pod: str, reference: str, scheduler: str | None = None) -> int:
+    """The commit pod or the reconcile pod, logging to stderr for ``kubectl logs``."""
     import logging
 
-    from icechunk_operator.k8s.commit_pod import run_commit_pod
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    return run_commit_pod(batch, scheduler=scheduler)
+    if pod == "commit":
+        from icechunk_operator.k8s.commit_pod import run_commit_pod
+
+        return run_commit_pod(reference, scheduler=scheduler)
+    from icechunk_operator.k8s.reconcile_pod import run_reconcile_pod
+
+    return run_reconcile_pod(reference)
 
 
 def _validate(path: Path) -> int:

@@ -1,7 +1,7 @@
 """What a scheduler and a kubelet would do, for a cluster without a container runtime.
 
 Every unscheduled pod is bound to the kwok node (kwok then marks it Running). A pod of a commit
-Job gets its container's command run for real, as a local process with the container's
+or reconcile Job gets its container's command run for real, as a local process with the container's
 environment (plain values and ``envFrom`` Secrets), a kubeconfig in place of the in-cluster
 service-account mount, and ``overrides`` (the tests point the Dask scheduler variable at a local
 cluster, since Dask worker pods cannot run here). When the process exits, its exit code goes into
@@ -27,7 +27,8 @@ from kubernetes import client
 
 from tests.cluster.control_plane import KWOK_NODE
 
-COMMIT_COMPONENT = "commit"
+#: Pods whose command runs for real: commit pods and reconcile pods (Dask pods only look Running).
+RUN_COMPONENTS = ("commit", "reconcile")
 #: Where the "image's" programs are: this virtual environment's scripts (icechunk-operator).
 IMAGE_BIN = Path(sys.executable).parent
 
@@ -101,7 +102,7 @@ class FakeKubelet:
                 self._bind(meta.namespace, meta.name)
                 continue
             labels = meta.labels or {}
-            is_commit = labels.get("app.kubernetes.io/component") == COMMIT_COMPONENT
+            is_commit = labels.get("app.kubernetes.io/component") in RUN_COMPONENTS
             if meta.namespace in self.held:
                 continue
             if is_commit and pod.status.phase == "Running" and meta.uid not in self._seen:

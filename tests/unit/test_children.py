@@ -135,15 +135,14 @@ def test_settings_come_from_the_environment() -> None:
     )
 
 
-def test_operator_timers_put_no_finalizer_on_stores() -> None:
+def test_operator_timers_put_no_finalizer_on_stores_or_reconciliations() -> None:
     import kopf
 
     from icechunk_operator.k8s import handlers
 
-    timers = [
-        h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.fn is handlers.store_tick
-    ]
-    assert len(timers) == 1 and timers[0].requires_finalizer is False
+    ours = (handlers.store_tick, handlers.reconciliation_tick)
+    timers = [h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.fn in ours]
+    assert len(timers) == 2 and all(timer.requires_finalizer is False for timer in timers)
 
 
 def test_dask_cluster_keeps_the_layout_of_dask_kubernetes() -> None:

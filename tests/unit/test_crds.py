@@ -55,7 +55,9 @@ def test_printer_columns_and_rules() -> None:
 
     assert columns("IcechunkStore") == ["Ready", "Snapshot", "Datasets", "Age"]
     assert columns("IngestBatch") == ["Store", "Status", "Done/Total", "Failed", "Age"]
-    assert columns("Reconciliation") == ["Store", "Missing", "Stale", "Orphaned", "Age"]
+    assert columns("Reconciliation") == [
+        *("Store", "Missing", "Stale", "Orphaned", "Broken", "Repair", "Ready", "Age")
+    ]
     batch = crds["IngestBatch"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert batch["properties"]["store"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     assert "x-kubernetes-validations" in batch["properties"]["source"]

@@ -7,6 +7,7 @@ like every other batch on the store.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
@@ -69,12 +70,17 @@ class ReconciliationSpec(ApiModel):
 
 class ReconciliationStatus(ApiModel):
     conditions: list[Condition] = conditions_field()
-    missing: int | None = None
-    stale: int | None = None
-    orphaned: int | None = None
-    broken: int | None = None
-    report: str | None = None
-    repair_batch: str | None = None
+    missing: int | None = Field(default=None, description="In the source, not in the store.")
+    stale: int | None = Field(default=None, description="Changed in the source since ingest.")
+    orphaned: int | None = Field(default=None, description="In the store, gone from the source.")
+    broken: int | None = Field(default=None, description="References that fail (checkReferences).")
+    report: str | None = Field(default=None, description="URL of the full JSON report.")
+    repair_batch: str | None = Field(default=None, description="The IngestBatch the last repair created.")
+    last_run_time: datetime | None = Field(default=None, description="When the last run finished.")
+    last_schedule_time: datetime | None = Field(
+        default=None, description="The cron time of the latest scheduled run."
+    )
+    job: str | None = Field(default=None, description="The Job of the latest run.")
     observed_generation: int | None = None
 
 
@@ -87,6 +93,9 @@ class Reconciliation(ResourceModel):
         {"name": "Missing", "type": "integer", "jsonPath": ".status.missing"},
         {"name": "Stale", "type": "integer", "jsonPath": ".status.stale"},
         {"name": "Orphaned", "type": "integer", "jsonPath": ".status.orphaned"},
+        {"name": "Broken", "type": "integer", "jsonPath": ".status.broken"},
+        {"name": "Repair", "type": "string", "jsonPath": ".status.repairBatch"},
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
     )
 
     kind: Literal["Reconciliation"] = "Reconciliation"

@@ -54,7 +54,7 @@ def child_labels(batch: IngestBatch, component: str) -> dict[str, str]:
     }
 
 
-def _secret_env(secret_names: list[str]) -> list[dict[str, Any]]:
+def secret_env(secret_names: list[str]) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": name}} for name in dict.fromkeys(secret_names)]
 
 
@@ -97,7 +97,7 @@ def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSetti
         "volumeMounts": [SCRATCH_MOUNT],
     }
     if secrets := store_secrets(store):
-        container["envFrom"] = _secret_env(secrets)
+        container["envFrom"] = secret_env(secrets)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -158,7 +158,7 @@ def dask_cluster(batch: IngestBatch, store: IcechunkStore, settings: OperatorSet
     """
     execution = batch.spec.execution
     name = names.dask_cluster_name(batch.metadata.name)
-    secrets = _secret_env(source_secrets(store))
+    secrets = secret_env(source_secrets(store))
 
     def container(role: str, args: list[str], ports: list[dict[str, Any]], resources: dict[str, Any]) -> Any:
         spec: dict[str, Any] = {

@@ -21,7 +21,7 @@ from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.runner import Progress, RunReport
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.kube import KubeApi, load_config
+from icechunk_operator.k8s.kube import KubeApi, load_config, without_status
 
 PATCH_INTERVAL = 2.0
 log = logging.getLogger("icechunk_operator.commit")
@@ -94,11 +94,11 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
         log.error("IngestBatch %s/%s not found", namespace, name)
         return names.EXIT_INVALID_SPEC
     try:
-        batch = IngestBatch.model_validate(_without_status(body))
+        batch = IngestBatch.model_validate(without_status(body))
         store_body = api.get(names.STORES, namespace, batch.spec.store)
         if store_body is None:
             raise LookupError(f"spec.store: IcechunkStore {namespace}/{batch.spec.store} not found")
-        store = IcechunkStore.model_validate(_without_status(store_body))
+        store = IcechunkStore.model_validate(without_status(store_body))
     except (ValidationError, LookupError) as error:
         api.patch_status(names.BATCHES, namespace, name, {"stage": "refused", "message": str(error)[:1024]})
         log.error("%s", error)
@@ -126,8 +126,3 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
         report.commits,
     )
     return 0 if report.succeeded else names.EXIT_BATCH_FAILED
-
-
-def _without_status(body: dict[str, Any]) -> dict[str, Any]:
-    """The parts the models read: status belongs to the operator and this pod, not to validation."""
-    return {key: value for key, value in body.items() if key != "status"}

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 BATCH_CONDITION_TYPES = ("Queued", "Running", "Succeeded", "Failed")
+RECONCILIATION_CONDITION_TYPES = ("Running", "Complete", "Failed")
 
 
 def now() -> str:
@@ -48,15 +49,37 @@ def batch_phase_conditions(
     kstatus trio that Flux and other GitOps tools read: ``Ready`` (the batch is done and good),
     ``Reconciling`` (still queued or running) and ``Stalled`` (failed; it will not get better
     by waiting)."""
+    return phase_conditions(
+        conditions, BATCH_CONDITION_TYPES, phase, "Succeeded", "Failed", reason, message, generation
+    )
+
+
+def reconciliation_conditions(
+    conditions: list[dict[str, Any]], phase: str, reason: str, message: str, generation: int | None
+) -> list[dict[str, Any]]:
+    """The same for a Reconciliation run: ``Running``, then ``Complete`` or ``Failed``."""
+    return phase_conditions(
+        conditions, RECONCILIATION_CONDITION_TYPES, phase, "Complete", "Failed", reason, message, generation
+    )
+
+
+def phase_conditions(
+    conditions: list[dict[str, Any]],
+    types: tuple[str, ...],
+    phase: str,
+    good: str,
+    bad: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
     result = list(conditions)
-    for type_ in BATCH_CONDITION_TYPES:
+    for type_ in types:
         active = type_ == phase
         result = set_condition(result, type_, active, reason, message if active else "", generation)
-    finished = phase in ("Succeeded", "Failed")
-    result = set_condition(result, "Ready", phase == "Succeeded", reason, message, generation)
+    finished = phase in (good, bad)
+    result = set_condition(result, "Ready", phase == good, reason, message, generation)
     result = set_condition(
         result, "Reconciling", not finished, reason, message if not finished else "", generation
     )
-    return set_condition(
-        result, "Stalled", phase == "Failed", reason, message if phase == "Failed" else "", generation
-    )
+    return set_condition(result, "Stalled", phase == bad, reason, message if phase == bad else "", generation)

@@ -20,10 +20,13 @@ from icechunk_operator.k8s import names
 from icechunk_operator.k8s.controller import Controller, batch_view
 from icechunk_operator.k8s.kube import KubeApi, load_config
 from icechunk_operator.k8s.queue import BatchView
+from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
+from icechunk_operator.k8s.reconciliations import ReconciliationRunner
 from icechunk_operator.k8s.settings import OperatorSettings
 
 QUEUE_INTERVAL = float(os.environ.get("ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS", "10"))
 JOB_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "commit"}
+RECONCILE_JOB_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: RECONCILE_COMPONENT}
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -52,6 +55,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         controller.metrics = OperatorMetrics(lambda: controller.batch_index.items())
         controller.metrics.serve(metrics_port)
     memo["controller"] = controller
+    memo["reconciliations"] = ReconciliationRunner(controller.api, controller.settings, _post_event)
     # Import now what the first batch needs, so its Job is not late by a second of imports.
     import icechunk_operator.engine.sources  # noqa: F401
 
@@ -132,12 +136,34 @@ async def store_tick(body: kopf.Body, name: str, namespace: str | None, memo: An
     await controller.reconcile_queue(namespace, name, _queue(kwargs["batches_by_store"], namespace, name))
 
 
+@kopf.on.event(names.GROUP, names.VERSION, names.RECONCILIATIONS)
+async def reconciliation_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    if event["type"] == "DELETED" or body.meta.get("deletionTimestamp") is not None:
+        return  # its Jobs and repair batches are owned by it: the garbage collector has them
+    runner: ReconciliationRunner = memo["reconciliations"]
+    await runner.sync(dict(body))
+
+
+@kopf.timer(names.GROUP, names.VERSION, names.RECONCILIATIONS, interval=QUEUE_INTERVAL, sharp=False)
+async def reconciliation_tick(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """Schedules fire from here; a run whose store was missing is retried from here."""
+    if body.meta.get("deletionTimestamp") is None:
+        runner: ReconciliationRunner = memo["reconciliations"]
+        await runner.sync(dict(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=RECONCILE_JOB_LABELS)
+async def reconcile_job_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+    runner: ReconciliationRunner = memo["reconciliations"]
+    await runner.job_changed(dict(body))
+
+
 def _timers_without_finalizers() -> None:
     """Let our timers live without a finalizer on the objects they watch.
 
     Kopf puts a finalizer on every object that has a timer, so that it can stop the timer before
     the object goes; while the operator is down, such objects cannot be deleted. Our timer only
-    re-checks a queue and has nothing to stop, so a store must be deletable without the
+    re-checks a queue or a schedule and has nothing to stop, so a store must be deletable without the
     operator (the README promises no Kopf finalizers). Kopf has no option for it; the flag is
     set on the registered handlers, and a unit test fails if Kopf's registry changes shape.
     """
@@ -145,7 +171,9 @@ def _timers_without_finalizers() -> None:
 
     spawning = kopf.get_default_registry()._spawning
     spawning._handlers = [
-        dataclasses.replace(handler, requires_finalizer=False) if handler.fn is store_tick else handler
+        dataclasses.replace(handler, requires_finalizer=False)
+        if handler.fn in (store_tick, reconciliation_tick)
+        else handler
         for handler in spawning._handlers
     ]
 

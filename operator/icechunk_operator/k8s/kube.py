@@ -25,6 +25,11 @@ def load_config() -> None:
         config.load_kube_config()
 
 
+def without_status(body: dict[str, Any]) -> dict[str, Any]:
+    """The parts the models validate: status belongs to the operator and its pods."""
+    return {key: value for key, value in body.items() if key != "status"}
+
+
 class KubeApi:
     """The API calls the operator and the commit pod make, nothing more (see the RBAC rules)."""
 
@@ -74,7 +79,32 @@ class KubeApi:
             names.GROUP, names.VERSION, namespace, plural, name, {"metadata": metadata}
         )
 
+    def create(self, plural: str, manifest: dict[str, Any]) -> bool:
+        """Create one of our resources; False when it exists already (a re-run made it)."""
+        try:
+            self.custom.create_namespaced_custom_object(
+                names.GROUP, names.VERSION, manifest["metadata"]["namespace"], plural, manifest
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return False
+        return True
+
     # Children ------------------------------------------------------------------------------
+    def labelled_jobs(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)
+        return [self._plain(job) for job in jobs.items]
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
     def store_jobs(self, namespace: str, store: str) -> list[dict[str, Any]]:
         selector = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY},{names.LABEL_STORE}={store}"
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)

@@ -1,0 +1,259 @@
+"""Reconciliations in the cluster: when a run is due, its Job, and the history kept.
+
+A run is due when the spec changed since the last run (its generation was not yet observed) or
+when the cron ``schedule`` fired since the last run. Each run is one Job, named after what made
+it due, so a run is started at most once however many events arrive; the pod it runs
+(:mod:`icechunk_operator.k8s.reconcile_pod`) writes the counts. Only the newest ``historyLimit``
+finished Jobs are kept. Deciding is pure (:func:`due_run`, :func:`jobs_to_prune`); the
+:class:`ReconciliationRunner` does the API calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.k8s import names
+from icechunk_operator.k8s.children import (
+    CONTAINER_SECURITY_CONTEXT,
+    POD_SECURITY_CONTEXT,
+    SCRATCH_ENV,
+    SCRATCH_MOUNT,
+    SCRATCH_VOLUME,
+    secret_env,
+    store_secrets,
+)
+from icechunk_operator.k8s.conditions import reconciliation_conditions
+from icechunk_operator.k8s.kube import KubeApi, without_status
+from icechunk_operator.k8s.settings import OperatorSettings
+
+COMPONENT = "reconcile"
+LABEL_RECONCILIATION = f"{names.GROUP}/reconciliation"
+log = logging.getLogger("icechunk_operator.reconciliations")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def schedule_error(schedule: str) -> str | None:
+    """Why a cron expression is unusable, or None."""
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(schedule, datetime.now(UTC))
+    except CronSimError as error:
+        return f"spec.schedule: {schedule!r} is not a cron expression: {error}"
+    return None
+
+
+def due_run(body: dict[str, Any], now: datetime) -> str | None:
+    """What makes a run due now (it names the Job), or None when none is."""
+    from cronsim import CronSim
+
+    meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status") or {}
+    generation = meta.get("generation", 1)
+    if status.get("observedGeneration") != generation:
+        return f"g{generation}"
+    schedule = spec.get("schedule")
+    if not schedule or schedule_error(schedule):
+        return None
+    since = _parse_time(status.get("lastScheduleTime")) or _parse_time(meta.get("creationTimestamp")) or now
+    fire: datetime = next(CronSim(schedule, since.astimezone(UTC)))
+    return f"s{fire:%Y%m%d%H%M}" if fire <= now else None
+
+
+def schedule_time(run: str) -> str | None:
+    """The cron time a scheduled run stands for (``lastScheduleTime``), None for other runs."""
+    if not run.startswith("s"):
+        return None
+    return datetime.strptime(run[1:], "%Y%m%d%H%M").strftime("%Y-%m-%dT%H:%M:00Z")
+
+
+def run_job_name(reconciliation: str, run: str) -> str:
+    return names.child_name(reconciliation, run)
+
+
+def jobs_to_prune(jobs: list[dict[str, Any]], keep: int) -> list[str]:
+    """Finished Jobs beyond the newest ``keep``; a running Job is never pruned."""
+    finished = [job for job in jobs if _finished(job)]
+    finished.sort(key=lambda job: job["metadata"].get("creationTimestamp") or "", reverse=True)
+    return [job["metadata"]["name"] for job in finished[keep:]]
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+
+
+def job_failure(job: dict[str, Any]) -> str | None:
+    """The Job's failure message when it failed for good, else None."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return str(condition.get("message") or condition.get("reason") or "the Job failed")
+    return None
+
+
+def reconcile_job(
+    reconciliation: Reconciliation, store: IcechunkStore, settings: OperatorSettings, run: str
+) -> dict[str, Any]:
+    """The Job of one run: ``icechunk-operator reconcile --resource NS/NAME`` with the store's
+    credentials by reference, as the commit pod has them."""
+    namespace = reconciliation.metadata.namespace or "default"
+    name = reconciliation.metadata.name
+    labels = {
+        "app.kubernetes.io/name": "icechunk-operator",
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_COMPONENT: COMPONENT,
+        names.LABEL_STORE: reconciliation.spec.store,
+        LABEL_RECONCILIATION: name,
+    }
+    container: dict[str, Any] = {
+        "name": COMPONENT,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["icechunk-operator", "reconcile", "--resource", f"{namespace}/{name}"],
+        "env": list(SCRATCH_ENV),
+        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [SCRATCH_MOUNT],
+    }
+    if secrets := store_secrets(store):
+        container["envFrom"] = secret_env(secrets)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": run_job_name(name, run),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [
+                {
+                    "apiVersion": reconciliation.api_version,
+                    "kind": reconciliation.kind,
+                    "name": name,
+                    "uid": reconciliation.metadata.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "backoffLimit": 2,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": COMPONENT,
+                            "operator": "In",
+                            "values": [names.EXIT_INVALID_SPEC],
+                        },
+                    },
+                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                ]
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": settings.commit_service_account,
+                    "automountServiceAccountToken": True,
+                    "securityContext": POD_SECURITY_CONTEXT,
+                    "containers": [container],
+                    "volumes": [SCRATCH_VOLUME],
+                },
+            },
+        },
+    }
+
+
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+class ReconciliationRunner:
+    """Starts due runs, reports failed Jobs, prunes history. Idempotent: any event may repeat."""
+
+    def __init__(self, api: KubeApi, settings: OperatorSettings, post_event: EventPoster) -> None:
+        self.api, self.settings, self.post_event = api, settings, post_event
+
+    async def sync(self, body: dict[str, Any], now: datetime | None = None) -> None:
+        await asyncio.to_thread(self._sync, body, now or datetime.now(UTC))
+
+    async def job_changed(self, job: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._job_changed, job)
+
+    def _sync(self, body: dict[str, Any], now: datetime) -> None:
+        meta = body["metadata"]
+        namespace, name = meta.get("namespace", "default"), meta["name"]
+        generation = meta.get("generation")
+        status = body.get("status") or {}
+        run = due_run(body, now)
+        if run is None:
+            return
+        job_name = run_job_name(name, run)
+        if status.get("job") == job_name:
+            return  # started already; its pod or its failure will report
+        try:
+            reconciliation = Reconciliation.model_validate(without_status(body))
+        except ValidationError as error:
+            self._fail(body, "Invalid", str(error.errors()[0]["msg"]))
+            return
+        if reconciliation.spec.schedule and (problem := schedule_error(reconciliation.spec.schedule)):
+            self._fail(body, "Invalid", problem)
+            return
+        store_body = self.api.get(names.STORES, namespace, reconciliation.spec.store)
+        if store_body is None:  # not observed: the next tick tries again
+            missing = f"IcechunkStore {reconciliation.spec.store} does not exist"
+            self._fail(body, "StoreNotFound", missing, observe=False)
+            return
+        store = IcechunkStore.model_validate(without_status(store_body))
+        self.api.create_job(reconcile_job(reconciliation, store, self.settings, run))
+        conditions = reconciliation_conditions(
+            status.get("conditions", []), "Running", "Started", f"Job {job_name}", generation
+        )
+        started: dict[str, Any] = {"job": job_name, "conditions": conditions}
+        if fired := schedule_time(run):
+            started["lastScheduleTime"] = fired
+        self.api.patch_status(names.RECONCILIATIONS, namespace, name, started)
+        self.post_event(body, "Normal", "Started", f"Job {job_name}")
+        jobs = self.api.labelled_jobs(namespace, {LABEL_RECONCILIATION: name})
+        for old in jobs_to_prune(jobs, reconciliation.spec.history_limit):
+            if old != job_name:
+                self.api.delete_job(namespace, old)
+
+    def _job_changed(self, job: dict[str, Any]) -> None:
+        message = job_failure(job)
+        if message is None:
+            return
+        meta = job["metadata"]
+        owner = (meta.get("labels") or {}).get(LABEL_RECONCILIATION)
+        body = self.api.get(names.RECONCILIATIONS, meta["namespace"], owner) if owner else None
+        if body is None or (body.get("status") or {}).get("job") != meta["name"]:
+            return
+        conditions = (body.get("status") or {}).get("conditions", [])
+        if any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+            return  # the pod said why already (a refused spec)
+        self._fail(body, "JobFailed", f"Job {meta['name']}: {message}")
+
+    def _fail(self, body: dict[str, Any], reason: str, message: str, *, observe: bool = True) -> None:
+        """Say why in a condition and an Event; ``observe`` marks the generation handled, so
+        an unusable spec is not retried until it changes."""
+        meta = body["metadata"]
+        status = body.get("status") or {}
+        generation = meta.get("generation")
+        conditions = reconciliation_conditions(
+            status.get("conditions", []), "Failed", reason, message, generation
+        )
+        patch: dict[str, Any] = {"conditions": conditions}
+        if observe:
+            patch["observedGeneration"] = generation
+        self.api.patch_status(names.RECONCILIATIONS, meta.get("namespace", "default"), meta["name"], patch)
+        self.post_event(body, "Warning", reason, message)
