@@ -15,11 +15,12 @@ def test_kubernetes_examples_load() -> None:
     resources = load_resources(EXAMPLES / "ismip6.yaml")
     assert list(resources.stores) == ["ismip6"]
     assert [b.metadata.name for b in resources.batches] == ["projection-ais"]
+    assert [r.spec.batch_template for r in resources.reconciliations] == ["projection-ais"]
     store = resources.stores["ismip6"]
     assert store.spec.storage.credentials.secret_ref is not None
 
 
-def test_namespace_setup_gives_the_commit_pod_only_what_it_uses() -> None:
+def test_namespace_setup_gives_the_pods_only_what_they_use() -> None:
     documents = list(yaml.safe_load_all((EXAMPLES / "namespace-setup.yaml").read_text()))
     (role,) = [d for d in documents if d["kind"] == "Role"]
     verbs = {
@@ -28,5 +29,8 @@ def test_namespace_setup_gives_the_commit_pod_only_what_it_uses() -> None:
     assert verbs == {
         ("ingestbatches", "get"),
         ("icechunkstores", "get"),
+        ("reconciliations", "get"),
         ("ingestbatches/status", "patch"),
+        ("reconciliations/status", "patch"),
+        ("ingestbatches", "create"),  # a Repair's batch
     }

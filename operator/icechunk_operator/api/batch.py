@@ -231,6 +231,13 @@ class IngestBatchSpec(ApiModel):
     commit: CommitSpec = Field(default_factory=CommitSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
     branch: str | None = Field(default=None, description="Branch to commit to; default the store's.")
+    staging: bool = Field(
+        default=False,
+        description=(
+            "Commit to a branch staging-<batch> first; the target branch moves to it only after a "
+            "sample read of every written group, and only if it did not move meanwhile."
+        ),
+    )
 
 
 class FileCounts(ApiModel):

@@ -47,12 +47,12 @@ def find_broken(
     ]
     already = {b.group for b in broken}
     groups = sorted({entry.group for entry in live.values()} - already)
-    failures = asyncio.run(_sample_groups(session.store, groups))
+    failures = asyncio.run(sample_groups(session.store, groups))
     broken.extend(BrokenReference(group, None, reason) for group, reason in failures)
     return sorted(broken, key=lambda b: (b.group, b.url or ""))
 
 
-async def _sample_groups(store: Any, groups: Iterable[str]) -> list[tuple[str, str]]:
+async def sample_groups(store: Any, groups: Iterable[str]) -> list[tuple[str, str]]:
     limit = asyncio.Semaphore(READS_IN_FLIGHT)
 
     async def sample(group: str) -> tuple[str, str] | None:

@@ -30,6 +30,7 @@ from icechunk_operator.engine.objects import containers_key
 from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord
 from icechunk_operator.engine.sources import check_sources, list_sources, read_url_list
+from icechunk_operator.engine.staging import StagingRefusedError, promote, start_staging
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
 
@@ -61,6 +62,7 @@ class RunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     tolerance: int = 0
     error: str | None = None
+    promoted: str | None = None  # the staged snapshot the target branch moved to
 
     @property
     def succeeded(self) -> bool:
@@ -100,12 +102,15 @@ def run_batch(
         on_progress(progress)
 
     check_sources(batch.spec.source, store.spec)  # refused before anything is touched
-    branch = batch.spec.branch or store.spec.branch
+    target = branch = batch.spec.branch or store.spec.branch
 
     started = time.perf_counter()
     stage("opening store")
     repo = open_repository(store.spec)
-    initialize_repository(repo, branch)
+    initialize_repository(repo, target)
+    base = None
+    if batch.spec.staging:
+        branch, base = start_staging(repo, report.batch, target)
     ledger = load_ledger(repo, branch)
     stages["open"] = time.perf_counter() - started
 
@@ -198,5 +203,13 @@ def run_batch(
                 url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
             )
             report.failure_log = url
-        stage("done")
+    if base is not None and report.error is None:
+        stage("validating")
+        try:
+            promoted = promote(repo, branch, target, base)
+        except StagingRefusedError as error:
+            report.error = str(error)
+        else:
+            report.promoted = promoted
+    stage("done")
     return report

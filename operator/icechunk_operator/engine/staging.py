@@ -1,0 +1,97 @@
+"""Staging: a batch writes to its own branch, and the target branch moves only after validation.
+
+Readers of the target branch never see a half-checked ingest: the batch commits to
+``staging-<batch>``, branched from the target's tip (the *base*). When it is done, every group it
+changed must pass a sample read (:mod:`icechunk_operator.engine.references`), and then the target is
+moved to the staged tip with a compare-and-swap on the base. If the target moved meanwhile (another
+writer committed), the promotion is refused and the staged snapshot stays on its branch for
+inspection; a re-run finds the stale base and stages afresh from the new tip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import posixpath
+from typing import Any
+
+log = logging.getLogger("icechunk_operator.staging")
+
+
+class StagingRefusedError(RuntimeError):
+    """The staged work cannot be promoted: validation failed or the target branch moved."""
+
+
+def staging_branch(batch: str) -> str:
+    return f"staging-{batch}"
+
+
+def base_of(repo: Any, staging: str, target: str) -> str:
+    """The target's snapshot the staging branch started from (its newest shared ancestor)."""
+    shared = {info.id for info in repo.ancestry(branch=target)}
+    for info in repo.ancestry(branch=staging):
+        if info.id in shared:
+            return str(info.id)
+    raise StagingRefusedError(f"branch {staging!r} shares no history with {target!r}")
+
+
+def start_staging(repo: Any, batch: str, target: str) -> tuple[str, str]:
+    """The staging branch to write to and its base; a branch left from a run against an older
+    tip of the target is discarded, so the work is staged on what readers see now."""
+    staging = staging_branch(batch)
+    tip = str(repo.lookup_branch(target))
+    if staging in repo.list_branches():
+        base = base_of(repo, staging, target)
+        if base == tip:
+            return staging, base  # a re-run after a crash: carry on where the branch is
+        log.warning("%s was staged on %s, but %s is at %s now: staging afresh", staging, base, target, tip)
+        repo.delete_branch(staging)
+    repo.create_branch(staging, tip)
+    return staging, tip
+
+
+def staged_groups(repo: Any, base: str, staging: str) -> list[str]:
+    """Every group with a new or changed array since ``base``, over all runs of the batch."""
+    from icechunk_operator.engine.templates import RESERVED_ROOT
+
+    diff = repo.diff(from_snapshot_id=base, to_branch=staging)
+    arrays = set(diff.new_arrays) | set(diff.updated_arrays) | set(diff.updated_chunks)
+    groups = {posixpath.dirname(path).strip("/") for path in arrays}
+    return sorted(g for g in groups if g and not g.startswith(RESERVED_ROOT))
+
+
+def promote(repo: Any, staging: str, target: str, base: str) -> str | None:
+    """Validate the staged groups, then move ``target`` to the staged tip if it is still at
+    ``base``. Returns the promoted snapshot (None when nothing was staged)."""
+    from icechunk_operator.engine.references import sample_groups
+
+    staged = str(repo.lookup_branch(staging))
+    if staged == base:
+        repo.delete_branch(staging)
+        return None
+    session = repo.readonly_session(branch=staging)
+    failures = asyncio.run(sample_groups(session.store, staged_groups(repo, base, staging)))
+    if failures:
+        shown = "; ".join(f"{group}: {reason}" for group, reason in failures[:3])
+        raise StagingRefusedError(
+            f"validation failed for {len(failures)} groups ({shown}); {target!r} was not moved, the "
+            f"staged snapshot {staged} stays on branch {staging!r}"
+        )
+    current = str(repo.lookup_branch(target))
+    if current != base:
+        raise StagingRefusedError(_moved(target, base, current, staged, staging))
+    try:
+        repo.reset_branch(target, staged, from_snapshot_id=base)
+    except Exception as error:  # the compare-and-swap lost a race with another writer
+        current = str(repo.lookup_branch(target))
+        raise StagingRefusedError(_moved(target, base, current, staged, staging)) from error
+    repo.delete_branch(staging)
+    return staged
+
+
+def _moved(target: str, base: str, current: str, staged: str, staging: str) -> str:
+    return (
+        f"branch {target!r} moved from {base} to {current} while this batch was staging; it was not "
+        f"moved to the staged snapshot {staged} (kept on branch {staging!r}). Run the batch again to "
+        f"stage it on the new tip."
+    )
