@@ -57,6 +57,8 @@ def report_status(report: RunReport, earlier_commits: list[str]) -> dict[str, An
         status["meanCommitSeconds"] = round(report.stage_seconds.get("commit", 0.0) / len(report.commits), 3)
     if report.failure_log:
         status["failureLog"] = report.failure_log
+    if report.error:  # a refused promotion of a staged batch says why here
+        status["message"] = report.error[:1024]
     return status
 
 
