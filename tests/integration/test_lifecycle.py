@@ -71,3 +71,21 @@ def test_expiry_rules() -> None:
         expiry_cutoff(written, older_than=None, keep=0, now=now)
     with pytest.raises(ValueError, match="duration"):
         parse_duration("a week")
+
+
+def test_a_batch_tags_its_final_snapshot_and_a_tag_never_moves(
+    archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    store, batch = ismip6_resources(archive.root, (tmp_path / "store").as_uri(), batch_extra={"tag": "v1"})
+    first = run_batch(store, batch)
+    repo = open_repository(store.spec)
+    assert first.succeeded and first.tagged == str(repo.lookup_tag("v1")) == str(repo.lookup_branch("main"))
+    assert run_batch(store, batch).succeeded  # a re-run that changes nothing: same tip, same tag
+
+    copied = next(f for f in archive.files if f.defect == "none")
+    added = copied.path.parent.parent / "exp99" / copied.path.name
+    added.parent.mkdir()
+    added.write_bytes(copied.path.read_bytes())
+    moved = run_batch(store, batch)  # commits the new file: the tip moves, the tag cannot follow
+    assert not moved.succeeded and moved.error is not None and "tag 'v1' exists already" in moved.error
+    assert str(repo.lookup_tag("v1")) == first.tagged

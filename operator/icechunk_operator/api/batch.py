@@ -231,6 +231,12 @@ class IngestBatchSpec(ApiModel):
     commit: CommitSpec = Field(default_factory=CommitSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
     branch: str | None = Field(default=None, description="Branch to commit to; default the store's.")
+    tag: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=128,
+        description="Tag the branch tip when the batch succeeds (a processing version, e.g. v2.1).",
+    )
     staging: bool = Field(
         default=False,
         description=(

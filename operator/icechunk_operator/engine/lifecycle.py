@@ -49,6 +49,20 @@ def tag_snapshot(repo: Any, tag: str, *, snapshot: str | None = None, branch: st
     return str(target)
 
 
+class TagTakenError(ValueError):
+    """The tag exists and names another snapshot; Icechunk tags never move."""
+
+
+def tag_once(repo: Any, tag: str, snapshot: str) -> None:
+    """Tag ``snapshot``; a re-run that finds the tag on the same snapshot is fine."""
+    if tag in repo.list_tags():
+        existing = str(repo.lookup_tag(tag))
+        if existing != snapshot:
+            raise TagTakenError(f"spec.tag: tag {tag!r} exists already, on snapshot {existing}")
+        return
+    repo.create_tag(tag, snapshot)
+
+
 @dataclass(frozen=True)
 class ExpiryReport:
     cutoff: datetime

@@ -26,6 +26,7 @@ from icechunk_operator.engine.execution import (
     stream_outcomes,
 )
 from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
+from icechunk_operator.engine.lifecycle import TagTakenError, tag_once
 from icechunk_operator.engine.objects import containers_key
 from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord
@@ -63,6 +64,7 @@ class RunReport:
     tolerance: int = 0
     error: str | None = None
     promoted: str | None = None  # the staged snapshot the target branch moved to
+    tagged: str | None = None  # the snapshot spec.tag names
 
     @property
     def succeeded(self) -> bool:
@@ -211,5 +213,13 @@ def run_batch(
             report.error = str(error)
         else:
             report.promoted = promoted
+    if batch.spec.tag and report.succeeded:
+        tip = str(repo.lookup_branch(target))
+        try:
+            tag_once(repo, batch.spec.tag, tip)
+        except TagTakenError as error:
+            report.error = str(error)
+        else:
+            report.tagged = tip
     stage("done")
     return report
