@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.common import ResourceModel
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.settings import OperatorSettings
@@ -33,12 +34,12 @@ SCRATCH_MOUNT = {"name": "scratch", "mountPath": "/tmp"}
 SCRATCH_ENV = [{"name": "HOME", "value": "/tmp"}, {"name": "TMPDIR", "value": "/tmp"}]
 
 
-def owner_reference(batch: IngestBatch) -> dict[str, Any]:
+def owner_reference(owner: ResourceModel) -> dict[str, Any]:
     return {
-        "apiVersion": batch.api_version,
-        "kind": batch.kind,
-        "name": batch.metadata.name,
-        "uid": batch.metadata.uid,
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.metadata.name,
+        "uid": owner.metadata.uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }
@@ -77,22 +78,54 @@ def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSetti
     """The single writer of this batch: runs ``icechunk-operator commit`` against the Dask cluster."""
     namespace = batch.metadata.namespace or "default"
     execution = batch.spec.execution
-    labels = child_labels(batch, "commit")
-    resources = {
-        "requests": {"cpu": execution.commit_cpu, "memory": execution.commit_memory},
-        "limits": {"memory": execution.commit_memory},
-    }
     container: dict[str, Any] = {
         "name": "commit",
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
         "command": ["icechunk-operator", "commit", "--batch", f"{namespace}/{batch.metadata.name}"],
         "env": [
             {"name": names.ENV_SCHEDULER, "value": _scheduler_for(batch, namespace)},
             {"name": names.ENV_WORKERS, "value": str(execution.workers)},
-            *SCRATCH_ENV,
         ],
-        "resources": resources,
+        "resources": {
+            "requests": {"cpu": execution.commit_cpu, "memory": execution.commit_memory},
+            "limits": {"memory": execution.commit_memory},
+        },
+    }
+    job = program_job(
+        batch,
+        names.commit_job_name(batch.metadata.name),
+        child_labels(batch, "commit"),
+        container,
+        store,
+        settings,
+        backoff_limit=execution.pod_retries,
+        fail_on_exit=[names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC],
+    )
+    job["spec"]["activeDeadlineSeconds"] = execution.deadline_seconds
+    return job
+
+
+def program_job(
+    owner: ResourceModel,
+    name: str,
+    labels: dict[str, str],
+    container: dict[str, Any],
+    store: IcechunkStore,
+    settings: OperatorSettings,
+    *,
+    backoff_limit: int,
+    fail_on_exit: list[int],
+) -> dict[str, Any]:
+    """A Job that runs one ``icechunk-operator`` command from the image, owned by ``owner``.
+
+    It is what commit and reconcile pods share: the image, the store's Secrets by reference, a
+    non-root pod with a scratch volume, the commit service account. An exit code in
+    ``fail_on_exit`` fails the Job at once (retrying cannot help); any other failure is retried.
+    """
+    container = {
+        **container,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "env": [*container.get("env", []), *SCRATCH_ENV],
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "volumeMounts": [SCRATCH_MOUNT],
     }
@@ -102,22 +135,21 @@ def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSetti
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": names.commit_job_name(batch.metadata.name),
-            "namespace": namespace,
+            "name": name,
+            "namespace": owner.metadata.namespace or "default",
             "labels": labels,
-            "ownerReferences": [owner_reference(batch)],
+            "ownerReferences": [owner_reference(owner)],
         },
         "spec": {
-            "backoffLimit": execution.pod_retries,
-            "activeDeadlineSeconds": execution.deadline_seconds,
+            "backoffLimit": backoff_limit,
             "podFailurePolicy": {
                 "rules": [
                     {
                         "action": "FailJob",
                         "onExitCodes": {
-                            "containerName": "commit",
+                            "containerName": container["name"],
                             "operator": "In",
-                            "values": [names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC],
+                            "values": fail_on_exit,
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},

@@ -21,7 +21,7 @@ from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.runner import Progress, RunReport
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.kube import KubeApi, load_config, without_status
+from icechunk_operator.k8s.kube import KubeApi, pod_connection, without_status
 
 PATCH_INTERVAL = 2.0
 log = logging.getLogger("icechunk_operator.commit")
@@ -87,20 +87,14 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
     from icechunk_operator.engine.templates import GroupPathError
     from icechunk_operator.engine.urls import SourceOutsideContainersError
 
-    namespace, _, name = reference.rpartition("/")
-    namespace = namespace or "default"
-    load_config()
-    api = KubeApi()
+    api, namespace, name = pod_connection(reference)
     body = api.get(names.BATCHES, namespace, name)
     if body is None:
         log.error("IngestBatch %s/%s not found", namespace, name)
         return names.EXIT_INVALID_SPEC
     try:
         batch = IngestBatch.model_validate(without_status(body))
-        store_body = api.get(names.STORES, namespace, batch.spec.store)
-        if store_body is None:
-            raise LookupError(f"spec.store: IcechunkStore {namespace}/{batch.spec.store} not found")
-        store = IcechunkStore.model_validate(without_status(store_body))
+        store = api.load(IcechunkStore, namespace, batch.spec.store, "spec.store")
     except (ValidationError, LookupError) as error:
         api.patch_status(names.BATCHES, namespace, name, {"stage": "refused", "message": str(error)[:1024]})
         log.error("%s", error)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from icechunk_operator.api.common import ResourceModel
 from icechunk_operator.k8s import names
+
+Resource = TypeVar("Resource", bound=ResourceModel)
 
 
 def load_config() -> None:
@@ -23,6 +26,13 @@ def load_config() -> None:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+
+
+def pod_connection(reference: str) -> tuple[KubeApi, str, str]:
+    """A commit or reconcile pod's API client, and the namespace and name it was started for."""
+    namespace, _, name = reference.rpartition("/")
+    load_config()
+    return KubeApi(), namespace or "default", name
 
 
 def without_status(body: dict[str, Any]) -> dict[str, Any]:
@@ -63,6 +73,13 @@ class KubeApi:
                 return None
             raise
         return dict(obj)
+
+    def load(self, model: type[Resource], namespace: str, name: str, field: str) -> Resource:
+        """One of our resources, validated; a LookupError naming ``field`` when it is absent."""
+        body = self.get(model.plural, namespace, name)
+        if body is None:
+            raise LookupError(f"{field}: {model.kind_name} {namespace}/{name} not found")
+        return model.model_validate(without_status(body))
 
     def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patch ``status``; fields not named are left to whoever else writes them."""

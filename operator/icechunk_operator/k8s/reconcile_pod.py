@@ -21,8 +21,9 @@ from icechunk_operator.api.reconciliation import Reconciliation, ReconciliationM
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.reconcile import ReconcileReport
 from icechunk_operator.k8s import names
+from icechunk_operator.k8s.children import owner_reference
 from icechunk_operator.k8s.conditions import reconciliation_conditions
-from icechunk_operator.k8s.kube import KubeApi, load_config, without_status
+from icechunk_operator.k8s.kube import pod_connection, without_status
 
 log = logging.getLogger("icechunk_operator.reconcile")
 
@@ -39,27 +40,12 @@ def report_status(report: ReconcileReport, generation: int | None) -> dict[str, 
     return status
 
 
-def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body["apiVersion"],
-        "kind": body["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def run_reconcile_pod(reference: str) -> int:
     """Run the Reconciliation ``NAMESPACE/NAME``; returns the process exit code."""
     from icechunk_operator.engine.reconcile import repair_batch, run_reconciliation
     from icechunk_operator.engine.urls import SourceOutsideContainersError
 
-    namespace, _, name = reference.rpartition("/")
-    namespace = namespace or "default"
-    load_config()
-    api = KubeApi()
+    api, namespace, name = pod_connection(reference)
     body = api.get(names.RECONCILIATIONS, namespace, name)
     if body is None:
         log.error("Reconciliation %s/%s not found", namespace, name)
@@ -76,18 +62,10 @@ def run_reconcile_pod(reference: str) -> int:
     try:
         reconciliation = Reconciliation.model_validate(without_status(body))
         spec = reconciliation.spec
-        store_body = api.get(names.STORES, namespace, spec.store)
-        if store_body is None:
-            raise LookupError(f"spec.store: IcechunkStore {namespace}/{spec.store} not found")
-        store = IcechunkStore.model_validate(without_status(store_body))
+        store = api.load(IcechunkStore, namespace, spec.store, "spec.store")
         template = None
         if spec.mode == ReconciliationMode.REPAIR and spec.batch_template is not None:
-            template_body = api.get(names.BATCHES, namespace, spec.batch_template)
-            if template_body is None:
-                raise LookupError(
-                    f"spec.batchTemplate: IngestBatch {namespace}/{spec.batch_template} not found"
-                )
-            template = IngestBatch.model_validate(without_status(template_body))
+            template = api.load(IngestBatch, namespace, spec.batch_template, "spec.batchTemplate")
     except (ValidationError, LookupError) as error:
         return refuse(str(error)[:1024])
 
@@ -104,7 +82,7 @@ def run_reconcile_pod(reference: str) -> int:
             return refuse(str(error)[:1024])
         if repair is not None:
             manifest = repair.to_api()
-            manifest["metadata"]["ownerReferences"] = [owner_reference(body)]
+            manifest["metadata"]["ownerReferences"] = [owner_reference(reconciliation)]
             api.create(names.BATCHES, manifest)
             status["repairBatch"] = repair.metadata.name
             summary += f"; repair: IngestBatch {repair.metadata.name}"

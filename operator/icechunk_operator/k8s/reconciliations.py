@@ -21,15 +21,7 @@ from pydantic import ValidationError
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.children import (
-    CONTAINER_SECURITY_CONTEXT,
-    POD_SECURITY_CONTEXT,
-    SCRATCH_ENV,
-    SCRATCH_MOUNT,
-    SCRATCH_VOLUME,
-    secret_env,
-    store_secrets,
-)
+from icechunk_operator.k8s.children import program_job
 from icechunk_operator.k8s.conditions import reconciliation_conditions
 from icechunk_operator.k8s.kube import KubeApi, without_status
 from icechunk_operator.k8s.settings import OperatorSettings
@@ -115,64 +107,21 @@ def reconcile_job(
         names.LABEL_STORE: reconciliation.spec.store,
         LABEL_RECONCILIATION: name,
     }
-    container: dict[str, Any] = {
+    container = {
         "name": COMPONENT,
-        "image": settings.image,
-        "imagePullPolicy": settings.image_pull_policy,
         "command": ["icechunk-operator", "reconcile", "--resource", f"{namespace}/{name}"],
-        "env": list(SCRATCH_ENV),
         "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": CONTAINER_SECURITY_CONTEXT,
-        "volumeMounts": [SCRATCH_MOUNT],
     }
-    if secrets := store_secrets(store):
-        container["envFrom"] = secret_env(secrets)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": run_job_name(name, run),
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [
-                {
-                    "apiVersion": reconciliation.api_version,
-                    "kind": reconciliation.kind,
-                    "name": name,
-                    "uid": reconciliation.metadata.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": {
-            "backoffLimit": 2,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {
-                            "containerName": COMPONENT,
-                            "operator": "In",
-                            "values": [names.EXIT_INVALID_SPEC],
-                        },
-                    },
-                    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                ]
-            },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": settings.commit_service_account,
-                    "automountServiceAccountToken": True,
-                    "securityContext": POD_SECURITY_CONTEXT,
-                    "containers": [container],
-                    "volumes": [SCRATCH_VOLUME],
-                },
-            },
-        },
-    }
+    return program_job(
+        reconciliation,
+        run_job_name(name, run),
+        labels,
+        container,
+        store,
+        settings,
+        backoff_limit=2,
+        fail_on_exit=[names.EXIT_INVALID_SPEC],
+    )
 
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
