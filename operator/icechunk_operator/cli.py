@@ -1,4 +1,4 @@
-"""``icechunk-operator``: run ingest specs locally, run the Kubernetes operator or its commit pod."""
+"""``icechunk-operator``: run ingest specs locally, run the Kubernetes operator or its pods."""
 
 from __future__ import annotations
 
@@ -51,9 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     history.add_argument("-n", "--limit", type=int, default=20)
     tag.add_argument("tag", help="tag name, e.g. v1.0")
     tag.add_argument("--snapshot", help="snapshot id (default: the tip of the store's branch)")
-    rule = expire.add_mutually_exclusive_group(required=True)
-    rule.add_argument("--older-than", help="expire snapshots older than this, e.g. 30d")
+    rule = expire.add_mutually_exclusive_group()
+    rule.add_argument(
+        "--older-than", help="expire snapshots older than this, e.g. 30d (default: the store's maintenance)"
+    )
     rule.add_argument("--keep", type=int, help="keep the newest N snapshots of the branch")
+
+    maintain = commands.add_parser(
+        "maintain", help="the maintenance pod: run a store's maintenance policy in the cluster"
+    )
+    maintain.add_argument("--store", required=True, help="NAMESPACE/NAME of the IcechunkStore")
 
     crds = commands.add_parser("crds", help="write the CustomResourceDefinitions generated from the models")
     crds.add_argument("-o", "--output", type=Path, default=Path("crds"), help="folder (default: crds)")
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return _operator(args.namespace or [], args.liveness, args.verbose)
     if args.command == "commit":
         return _in_cluster("commit", args.batch, args.scheduler)
+    if args.command == "maintain":
+        return _in_cluster("maintain", args.store)
     return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
 
 
@@ -145,9 +154,15 @@ def _lifecycle(args: argparse.Namespace) -> int:
         target = lifecycle.tag_snapshot(repo, args.tag, snapshot=args.snapshot, branch=spec.branch)
         print(f"tagged {target} as {args.tag}")
         return EXIT_OK
+    older_than_text, keep = args.older_than, args.keep
+    if older_than_text is None and keep is None:
+        if spec.maintenance is None:
+            print("expire: give --older-than or --keep, or set the store's spec.maintenance", file=sys.stderr)
+            return EXIT_INVALID_SPEC
+        older_than_text, keep = spec.maintenance.expire_older_than, spec.maintenance.keep_snapshots
     try:
-        older_than = lifecycle.parse_duration(args.older_than) if args.older_than else None
-        report = lifecycle.expire_and_collect(repo, spec.branch, older_than=older_than, keep=args.keep)
+        older_than = lifecycle.parse_duration(older_than_text) if older_than_text else None
+        report = lifecycle.expire_and_collect(repo, spec.branch, older_than=older_than, keep=keep)
     except ValueError as error:
         print(f"expire: {error}", file=sys.stderr)
         return EXIT_INVALID_SPEC
@@ -244,7 +259,7 @@ def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int
 
 
 def _in_cluster(pod: str, reference: str, scheduler: str | None = None) -> int:
-    """The commit pod or the reconcile pod, logging to stderr for ``kubectl logs``."""
+    """The commit, reconcile or maintenance pod, logging to stderr for ``kubectl logs``."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -252,6 +267,10 @@ def _in_cluster(pod: str, reference: str, scheduler: str | None = None) -> int:
         from icechunk_operator.k8s.commit_pod import run_commit_pod
 
         return run_commit_pod(reference, scheduler=scheduler)
+    if pod == "maintain":
+        from icechunk_operator.k8s.maintenance_pod import run_maintenance_pod
+
+        return run_maintenance_pod(reference)
     from icechunk_operator.k8s.reconcile_pod import run_reconcile_pod
 
     return run_reconcile_pod(reference)

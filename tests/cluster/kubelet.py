@@ -27,8 +27,8 @@ from kubernetes import client
 
 from tests.cluster.control_plane import KWOK_NODE
 
-#: Pods whose command runs for real: commit pods and reconcile pods (Dask pods only look Running).
-RUN_COMPONENTS = ("commit", "reconcile")
+#: Pods whose command runs for real: commit, reconcile and maintenance pods (Dask pods only look Running).
+RUN_COMPONENTS = ("commit", "reconcile", "maintenance")
 #: Where the "image's" programs are: this virtual environment's scripts (icechunk-operator).
 IMAGE_BIN = Path(sys.executable).parent
 

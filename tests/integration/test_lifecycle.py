@@ -41,7 +41,14 @@ def test_expire_and_gc_keep_tagged_and_current_snapshots_readable(
     before = cli("history", "-f", str(spec_file), "-n", "100")
     assert before.returncode == 0 and tagged in before.stdout
 
-    expired = cli("expire", "-f", str(spec_file), "--keep", "1")
+    no_rule = cli("expire", "-f", str(spec_file))
+    assert no_rule.returncode == 2 and "spec.maintenance" in no_rule.stderr
+    spec_file.write_text(
+        yaml.safe_dump(
+            store.to_api() | {"spec": store.to_api()["spec"] | {"maintenance": {"keepSnapshots": 1}}}
+        )
+    )
+    expired = cli("expire", "-f", str(spec_file))  # the store's own policy: keep the newest 1
     assert expired.returncode == 0, expired.stderr
     assert "garbage collection deleted" in expired.stdout
 

@@ -53,7 +53,7 @@ def test_printer_columns_and_rules() -> None:
     def columns(kind: str) -> list[str]:
         return [c["name"] for c in crds[kind]["spec"]["versions"][0]["additionalPrinterColumns"]]
 
-    assert columns("IcechunkStore") == ["Ready", "Snapshot", "Datasets", "Age"]
+    assert columns("IcechunkStore") == ["Ready", "Snapshot", "Datasets", "Maintenance", "Maintained", "Age"]
     assert columns("IngestBatch") == ["Store", "Status", "Done/Total", "Failed", "Age"]
     assert columns("Reconciliation") == [
         *("Store", "Missing", "Stale", "Orphaned", "Broken", "Repair", "Ready", "Age")
@@ -61,6 +61,13 @@ def test_printer_columns_and_rules() -> None:
     batch = crds["IngestBatch"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert batch["properties"]["store"]["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
     assert "x-kubernetes-validations" in batch["properties"]["source"]
+    store = crds["IcechunkStore"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    maintenance = store["properties"]["maintenance"]
+    assert (
+        "exactly one of expireOlderThan, keepSnapshots"
+        in maintenance["x-kubernetes-validations"][0]["message"]
+    )
+    assert maintenance["properties"]["expireOlderThan"]["pattern"] == "^[0-9]+[smhdw]$"
     conditions = crds["IngestBatch"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "status"
     ]["properties"]["conditions"]

@@ -32,5 +32,6 @@ def test_namespace_setup_gives_the_pods_only_what_they_use() -> None:
         ("reconciliations", "get"),
         ("ingestbatches/status", "patch"),
         ("reconciliations/status", "patch"),
+        ("icechunkstores/status", "patch"),  # what maintenance freed
         ("ingestbatches", "create"),  # a Repair's batch
     }

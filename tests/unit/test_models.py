@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,38 @@ def test_invalid_batches_name_the_field(tmp_path: Path, edit: tuple[str, str], f
 def test_invalid_stores_name_the_field(tmp_path: Path, old: str, new: str, field: str) -> None:
     with pytest.raises(SpecError, match=field.replace(".", r"\.")):
         load(tmp_path, STORE.replace(old, new))
+
+
+@pytest.mark.parametrize(
+    ("policy", "problem"),
+    [
+        (
+            "{keepSnapshots: 3, schedule: 'weekly'}",
+            "spec.maintenance.schedule: 'weekly' is not a cron expression",
+        ),
+        ("{keepSnapshots: 3, expireOlderThan: 7d}", "spec.maintenance: exactly one of expireOlderThan"),
+        ("{schedule: '0 3 * * 0'}", "spec.maintenance: exactly one of expireOlderThan"),
+        ("{expireOlderThan: 7 days}", "spec.maintenance.expireOlderThan"),
+        ("{keepSnapshots: 0}", "spec.maintenance.keepSnapshots"),
+    ],
+)
+def test_invalid_maintenance_policies_name_the_field(tmp_path: Path, policy: str, problem: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(problem)):
+        load(tmp_path, STORE + f"  maintenance: {policy}\n")
+
+
+def test_a_maintenance_policy_loads_with_defaults(tmp_path: Path) -> None:
+    policy = (
+        load(tmp_path, STORE + "  maintenance: {schedule: '0 3 * * 0', keepSnapshots: 10}\n")
+        .stores["s"]
+        .spec.maintenance
+    )
+    assert (
+        policy is not None
+        and policy.keep_snapshots == 10
+        and policy.history_limit == 3
+        and policy.memory == "2Gi"
+    )
 
 
 def test_batch_must_name_a_store_of_the_file(tmp_path: Path) -> None:

@@ -83,3 +83,35 @@ def test_only_changed_positions_are_reported() -> None:
     ]
     decision = plan_queue(batches, [job("a")], store_ready=True)
     assert decision.positions == {"c": 2}
+
+
+def maintenance_job(outcome: JobOutcome = JobOutcome.RUNNING) -> JobView:
+    return JobView(name="s-maint-r1", batch="", owner_uid=None, outcome=outcome, component="maintenance")
+
+
+def test_due_maintenance_goes_before_waiting_batches() -> None:
+    decision = plan_queue([batch("a", "1"), batch("b", "2")], [], store_ready=True, maintenance_due=True)
+    assert decision.maintain and decision.start is None
+    assert decision.positions == {"a": 1, "b": 2}
+
+
+def test_due_maintenance_waits_for_the_running_commit() -> None:
+    running = plan_queue([batch("a", "1", "Running")], [job("a")], store_ready=True, maintenance_due=True)
+    assert not running.maintain and running.blocked_by == "a"
+
+
+def test_a_running_maintenance_job_holds_the_store_and_reconcile_jobs_do_not() -> None:
+    held = plan_queue([batch("a", "1")], [maintenance_job()], store_ready=True)
+    assert held.start is None and held.blocked_by == "s-maint-r1"
+    reader = JobView(
+        name="check-g1", batch="", owner_uid=None, outcome=JobOutcome.RUNNING, component="reconcile"
+    )
+    free = plan_queue([batch("a", "1")], [reader], store_ready=True)
+    assert free.start is not None and free.start.name == "a"
+    done = plan_queue([batch("a", "1")], [maintenance_job(JobOutcome.COMPLETE)], store_ready=True)
+    assert done.start is not None and done.finish == []
+
+
+def test_no_maintenance_on_a_store_that_is_not_ready() -> None:
+    decision = plan_queue([], [], store_ready=False, maintenance_due=True)
+    assert not decision.maintain

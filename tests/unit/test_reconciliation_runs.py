@@ -5,18 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
+
 from icechunk_operator.api import IcechunkStore, Reconciliation
-from icechunk_operator.k8s.reconciliations import (
-    due_run,
-    job_failure,
-    jobs_to_prune,
-    reconcile_job,
-    schedule_error,
-    schedule_time,
-)
+from icechunk_operator.api.common import API_GROUP, API_VERSION, first_problem
+from icechunk_operator.k8s.reconciliations import due_run, reconcile_job
+from icechunk_operator.k8s.schedules import job_failure, jobs_to_prune, schedule_time
 from icechunk_operator.k8s.settings import OperatorSettings
 
 NOW = datetime(2026, 11, 21, 12, 7, tzinfo=UTC)
+API = f"{API_GROUP}/{API_VERSION}"
 
 
 def body(generation: int = 1, schedule: str | None = None, **status: Any) -> dict[str, Any]:
@@ -43,8 +42,18 @@ def test_a_schedule_fires_after_its_last_scheduled_time() -> None:
     assert due_run(done, NOW) is None  # the next one is at 13:00
 
 
-def test_a_bad_schedule_is_named_and_never_fires() -> None:
-    assert schedule_error("every hour") is not None and "spec.schedule" in str(schedule_error("every hour"))
+def test_missed_schedules_collapse_into_one_run_for_the_latest() -> None:
+    """A week without the operator is one catch-up run, not 168 in a row."""
+    week_ago = body(schedule="0 * * * *", observedGeneration=1, lastScheduleTime="2026-11-14T12:00:00Z")
+    assert due_run(week_ago, NOW) == "s202611211200"
+
+
+def test_a_bad_schedule_is_refused_naming_the_field_and_never_fires() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Reconciliation.model_validate(
+            body(schedule="every hour") | {"apiVersion": API, "kind": "Reconciliation"}
+        )
+    assert first_problem(refused.value).startswith("spec.schedule: 'every hour' is not a cron expression")
     assert due_run(body(schedule="every hour", observedGeneration=1), NOW) is None
 
 

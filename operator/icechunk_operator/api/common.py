@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "icechunkoperator.io"
@@ -93,6 +93,29 @@ def conditions_field() -> Any:
 def cel(rule: str, message: str) -> JsonValue:
     """One CEL validation rule for the CRD (``x-kubernetes-validations``)."""
     return {"rule": rule, "message": message}
+
+
+def problem_text(problem: Any) -> str:
+    """One validation problem as ``dotted.field.path: message``, the way users name fields."""
+    path = ".".join(str(part) for part in problem["loc"]) or "(document)"
+    return f"{path}: {problem['msg'].removeprefix('Value error, ')}"
+
+
+def first_problem(error: ValidationError) -> str:
+    return problem_text(error.errors()[0])
+
+
+def check_cron(schedule: str | None) -> str | None:
+    """A cron expression the operator can schedule by; the CRD schema cannot check this."""
+    if schedule is None:
+        return None
+    from cronsim import CronSim, CronSimError
+
+    try:
+        CronSim(schedule, datetime.now(UTC))
+    except CronSimError as error:
+        raise ValueError(f"{schedule!r} is not a cron expression: {error}") from None
+    return schedule
 
 
 def immutable_field(description: str, what: str, **options: Any) -> Any:

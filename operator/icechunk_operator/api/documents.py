@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.common import problem_text
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore
 
@@ -33,12 +34,7 @@ class ResourceSet:
 
 def format_validation_error(where: str, error: ValidationError) -> str:
     """One line per problem, each starting with the dotted path of the field."""
-    lines = []
-    for problem in error.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(document)"
-        message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"{where}: {path}: {message}")
-    return "\n".join(lines)
+    return "\n".join(f"{where}: {problem_text(problem)}" for problem in error.errors())
 
 
 def parse_resource(

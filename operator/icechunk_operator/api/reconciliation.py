@@ -11,13 +11,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from icechunk_operator.api.common import (
     ApiModel,
     Condition,
     ResourceModel,
     cel,
+    check_cron,
     conditions_field,
     immutable_field,
 )
@@ -57,7 +58,11 @@ class ReconciliationSpec(ApiModel):
         description="In Repair, drop orphaned files: their groups are rebuilt without them, or deleted.",
     )
     schedule: str | None = Field(default=None, description="Cron schedule to re-run.")
-    history_limit: int = Field(default=3, ge=0, le=100)
+    history_limit: int = Field(
+        default=3, ge=0, le=100, description="Finished Jobs kept besides the latest run's."
+    )
+
+    _schedule = field_validator("schedule")(check_cron)
 
     @model_validator(mode="after")
     def _one_source(self) -> ReconciliationSpec:

@@ -6,13 +6,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from icechunk_operator.api.common import (
     ApiModel,
     Condition,
     Credentials,
     ResourceModel,
+    cel,
+    check_cron,
     conditions_field,
     immutable_field,
 )
@@ -113,6 +115,58 @@ class DeletionPolicy(StrEnum):
     DELETE = "Delete"
 
 
+#: ``30m``, ``12h``, ``7d``, ``2w``: what ``engine.lifecycle.parse_duration`` reads.
+DURATION_PATTERN = r"^[0-9]+[smhdw]$"
+
+
+class MaintenanceSpec(ApiModel):
+    """Expire old snapshots of the store's branch, then garbage-collect what no kept snapshot needs.
+
+    Snapshots that a branch or a tag points at are never expired, so tagged processing versions
+    stay readable. A run takes the store's turn in its queue: no batch commits while it runs.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.expireOlderThan) != has(self.keepSnapshots)",
+                    "exactly one of expireOlderThan, keepSnapshots must be set",
+                )
+            ]
+        }
+    )
+
+    schedule: str | None = Field(
+        default=None,
+        description="Cron schedule (UTC), e.g. '0 3 * * 0'. Without one, maintenance runs only when "
+        "requested with the icechunkoperator.io/maintenance-requested annotation.",
+    )
+    expire_older_than: str | None = Field(
+        default=None,
+        pattern=DURATION_PATTERN,
+        description="Expire snapshots older than this: a number and s, m, h, d or w (e.g. 30d).",
+    )
+    keep_snapshots: int | None = Field(
+        default=None, ge=1, description="Or keep the newest N snapshots of the branch."
+    )
+    memory: str = Field(
+        default="2Gi",
+        description="Memory of the maintenance pod: garbage collection reads every kept manifest.",
+    )
+    history_limit: int = Field(
+        default=3, ge=0, le=100, description="Finished Jobs kept besides the latest run's."
+    )
+
+    _schedule = field_validator("schedule")(check_cron)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> MaintenanceSpec:
+        if (self.expire_older_than is None) == (self.keep_snapshots is None):
+            raise ValueError("exactly one of expireOlderThan, keepSnapshots must be set")
+        return self
+
+
 class IcechunkStoreSpec(ApiModel):
     storage: StorageSpec
     config: RepositoryConfigSpec = Field(default_factory=RepositoryConfigSpec)
@@ -128,6 +182,9 @@ class IcechunkStoreSpec(ApiModel):
         default=DeletionPolicy.RETAIN,
         description="Retain keeps the repository when the resource is deleted.",
     )
+    maintenance: MaintenanceSpec | None = Field(
+        default=None, description="Expire old snapshots and garbage-collect, on a schedule or on request."
+    )
 
     @model_validator(mode="after")
     def _containers_distinct(self) -> IcechunkStoreSpec:
@@ -137,6 +194,40 @@ class IcechunkStoreSpec(ApiModel):
         return self
 
 
+class SnapshotSummary(ApiModel):
+    id: str
+    written_at: datetime
+    message: str
+    batch: str | None = Field(default=None, description="The IngestBatch that wrote it, if any.")
+
+
+class MaintenanceResult(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+class MaintenanceStatus(ApiModel):
+    """The latest maintenance run: what made it due, its Job, and what it freed."""
+
+    job: str | None = Field(default=None, description="The Job of the latest run.")
+    result: MaintenanceResult | None = None
+    message: str | None = None
+    last_schedule_time: datetime | None = Field(
+        default=None, description="The cron time of the latest scheduled run."
+    )
+    last_request: str | None = Field(
+        default=None, description="The maintenance-requested annotation value last acted on."
+    )
+    last_run_time: datetime | None = Field(default=None, description="When the latest run finished.")
+    cutoff: datetime | None = Field(default=None, description="Snapshots written before this expired.")
+    expired_snapshots: int | None = None
+    deleted_snapshots: int | None = None
+    deleted_manifests: int | None = None
+    deleted_chunks: int | None = None
+    deleted_bytes: int | None = None
+
+
 class IcechunkStoreStatus(ApiModel):
     conditions: list[Condition] = conditions_field()
     branches: dict[str, str] = Field(default_factory=dict, description="Branch name to tip snapshot.")
@@ -144,6 +235,11 @@ class IcechunkStoreStatus(ApiModel):
     last_commit_time: datetime | None = None
     datasets: int | None = Field(default=None, description="Number of ingested groups.")
     sources: int | None = Field(default=None, description="Number of source files in the ledger.")
+    recent_snapshots: list[SnapshotSummary] = Field(
+        default_factory=list, description="The newest snapshots of the store's branch, newest first."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tag name to snapshot.")
+    maintenance: MaintenanceStatus | None = None
     observed_generation: int | None = None
 
 
@@ -155,6 +251,13 @@ class IcechunkStore(ResourceModel):
         {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
         {"name": "Snapshot", "type": "string", "jsonPath": ".status.lastSnapshot"},
         {"name": "Datasets", "type": "integer", "jsonPath": ".status.datasets"},
+        {"name": "Maintenance", "type": "string", "jsonPath": ".status.maintenance.result", "priority": "1"},
+        {
+            "name": "Maintained",
+            "type": "date",
+            "jsonPath": ".status.maintenance.lastRunTime",
+            "priority": "1",
+        },
     )
 
     kind: Literal["IcechunkStore"] = "IcechunkStore"

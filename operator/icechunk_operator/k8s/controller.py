@@ -15,18 +15,27 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from icechunk_operator.api.batch import IngestBatch
-from icechunk_operator.api.store import DeletionPolicy, IcechunkStore
+from icechunk_operator.api.common import first_problem
+from icechunk_operator.api.store import DeletionPolicy, IcechunkStore, MaintenanceResult
 from icechunk_operator.k8s import children, names
 from icechunk_operator.k8s.conditions import batch_phase_conditions, now, set_condition
 from icechunk_operator.k8s.kube import KubeApi
+from icechunk_operator.k8s.maintenance import COMPONENT as MAINTENANCE_COMPONENT
+from icechunk_operator.k8s.maintenance import (
+    due_maintenance,
+    failed_run,
+    maintenance_job,
+    started_status,
+)
 from icechunk_operator.k8s.metrics import OperatorMetrics
 from icechunk_operator.k8s.queue import BatchView, JobOutcome, JobView, plan_queue
+from icechunk_operator.k8s.schedules import jobs_to_prune, schedule_time
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.store_probe import ProbeError, run_in_child
 
@@ -49,13 +58,15 @@ def job_view(job: dict[str, Any]) -> JobView:
         elif condition.get("type") == "Failed":
             outcome = JobOutcome.FAILED
             reason, message = condition.get("reason", ""), condition.get("message", "")
+    labels = metadata.get("labels") or {}
     return JobView(
         name=metadata.get("name", ""),
-        batch=(metadata.get("labels") or {}).get(names.LABEL_BATCH, ""),
+        batch=labels.get(names.LABEL_BATCH, ""),
         owner_uid=owners[0]["uid"] if owners else None,
         outcome=outcome,
         reason=reason,
         message=message,
+        component=labels.get(names.LABEL_COMPONENT, ""),
     )
 
 
@@ -114,7 +125,7 @@ class Controller:
         try:
             batch = IngestBatch.model_validate(_spec_only(body))
         except ValidationError as error:
-            return BatchCheck(invalid=_first_error(error))
+            return BatchCheck(invalid=first_problem(error))
         namespace = batch.metadata.namespace or "default"
         store_body = self.api.get(names.STORES, namespace, batch.spec.store)
         if store_body is None:
@@ -122,7 +133,8 @@ class Controller:
         try:
             store = IcechunkStore.model_validate(_spec_only(store_body))
         except ValidationError as error:
-            return BatchCheck(batch=batch, waiting=f"IcechunkStore {batch.spec.store}: {_first_error(error)}")
+            problem = first_problem(error)
+            return BatchCheck(batch=batch, waiting=f"IcechunkStore {batch.spec.store}: {problem}")
         try:
             check_sources(batch.spec.source, store.spec)
         except (SourceOutsideContainersError, GroupPathError, ValueError) as error:
@@ -180,12 +192,18 @@ class Controller:
 
     # The queue of one store ------------------------------------------------------------------
     async def reconcile_queue(self, namespace: str, store: str, batches: Iterable[BatchView]) -> None:
-        """Finish ended batches, adopt running ones, start the next: one store at a time."""
+        """Finish ended batches, adopt running ones, start the next batch or the store's due
+        maintenance: one store at a time."""
         async with self._locks[(namespace, store)]:
             store_body = await asyncio.to_thread(self.api.get, names.STORES, namespace, store)
-            jobs = [job_view(j) for j in await asyncio.to_thread(self.api.store_jobs, namespace, store)]
+            store_jobs = await asyncio.to_thread(self.api.store_jobs, namespace, store)
+            jobs = [job_view(j) for j in store_jobs]
+            due = due_maintenance(store_body, datetime.now(UTC)) if store_body is not None else None
             decision = plan_queue(
-                list(batches), jobs, store_ready=store_body is not None and _is_ready(store_body)
+                list(batches),
+                jobs,
+                store_ready=store_body is not None and _is_ready(store_body),
+                maintenance_due=due is not None,
             )
             finished_any = False
             for batch, job in decision.finish:
@@ -196,6 +214,10 @@ class Controller:
                 await asyncio.to_thread(self._lost, namespace, batch)
             if decision.start is not None:
                 await asyncio.to_thread(self._start, namespace, decision.start)
+            if decision.maintain and store_body is not None and due is not None:
+                await asyncio.to_thread(self._start_maintenance, store_body, due)
+            if store_body is not None and (failed := failed_run(store_body, store_jobs)):
+                await asyncio.to_thread(self._maintenance_failed, store_body, *failed)
             for name, position in decision.positions.items():
                 await asyncio.to_thread(self._set_position, namespace, name, position)
         if finished_any and store_body is not None:
@@ -218,10 +240,7 @@ class Controller:
             return
         if check.waiting is not None or check.batch is None or check.store is None:
             return
-        # The queue was planned from watch caches; the API server has the final word on
-        # whether another writer holds the store.
-        running = [job_view(j) for j in self.api.store_jobs(namespace, check.batch.spec.store)]
-        if any(j.outcome == JobOutcome.RUNNING and j.batch != view.name for j in running):
+        if self._writer_running(namespace, check.batch.spec.store, but=view.name):
             return
         batch, store = check.batch, check.store
         cluster_name = None
@@ -245,6 +264,14 @@ class Controller:
         )
         self.post_event(body, "Normal", "Started", message)
         log.info("batch %s/%s: %s", namespace, view.name, message)
+
+    def _writer_running(self, namespace: str, store: str, but: str | None = None) -> bool:
+        """Whether a writer Job (other than batch ``but``'s) holds the store. The queue was planned
+        from watch caches; the API server has the final word before a new writer starts."""
+        jobs = [job_view(j) for j in self.api.store_jobs(namespace, store)]
+        return any(
+            j.outcome == JobOutcome.RUNNING and j.writes and (but is None or j.batch != but) for j in jobs
+        )
 
     def _adopt(self, namespace: str, view: BatchView, job: JobView) -> None:
         """A Job runs for a batch not marked Running (the operator stopped in between)."""
@@ -317,6 +344,33 @@ class Controller:
             return
         self.api.patch_status(names.BATCHES, namespace, name, {"queuePosition": position})
 
+    # Store maintenance -----------------------------------------------------------------------
+    def _start_maintenance(self, store_body: dict[str, Any], run: str) -> None:
+        """Start the due run's Job (the store's queue is held for it) and prune old runs."""
+        metadata = store_body["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        store = IcechunkStore.model_validate(_spec_only(store_body))
+        if store.spec.maintenance is None or self._writer_running(namespace, name):
+            return
+        job = self.api.create_job(maintenance_job(store, self.settings, run))
+        job_name = job["metadata"]["name"]
+        started = started_status(store_body, run, job_name, schedule_time(run))
+        self.api.patch_status(names.STORES, namespace, name, {"maintenance": started})
+        self.post_event(store_body, "Normal", "MaintenanceStarted", f"Job {job_name}")
+        log.info("store %s/%s: maintenance Job %s started", namespace, name, job_name)
+        labels = {names.LABEL_COMPONENT: MAINTENANCE_COMPONENT, names.LABEL_STORE: name}
+        history = self.api.labelled_jobs(namespace, labels)
+        for old in jobs_to_prune(history, store.spec.maintenance.history_limit):
+            if old != job_name:
+                self.api.delete_job(namespace, old)
+
+    def _maintenance_failed(self, store_body: dict[str, Any], job: str, message: str) -> None:
+        metadata = store_body["metadata"]
+        text = f"Job {job}: {message}"
+        failed = {"result": MaintenanceResult.FAILED.value, "message": text}
+        self.api.patch_status(names.STORES, metadata["namespace"], metadata["name"], {"maintenance": failed})
+        self.post_event(store_body, "Warning", "MaintenanceFailed", text)
+
     # Stores --------------------------------------------------------------------------------
     def store_secret_env(self, store: IcechunkStore) -> dict[str, str]:
         namespace = store.metadata.namespace or "default"
@@ -355,7 +409,10 @@ class Controller:
             secrets = await asyncio.to_thread(self.store_secret_env, store)
             facts = await run_in_child("probe", store.spec, secrets)
         except Exception as error:  # any failure to open the store is reported, not raised
-            message = str(error) if isinstance(error, ProbeError) else _safe_error(error)
+            if isinstance(error, ValidationError):
+                message = f"invalid spec: {first_problem(error)}"
+            else:
+                message = str(error) if isinstance(error, ProbeError) else _safe_error(error)
             patch: dict[str, Any] = {
                 "conditions": set_condition(
                     conditions, "Ready", False, "RepositoryError", message, generation
@@ -434,12 +491,6 @@ def _store_of(body: dict[str, Any]) -> str:
 def _is_ready(body: dict[str, Any]) -> bool:
     conditions = (body.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}"
 
 
 def _safe_error(error: BaseException) -> str:

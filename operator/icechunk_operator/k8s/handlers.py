@@ -19,13 +19,20 @@ import kopf
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.controller import Controller, batch_view
 from icechunk_operator.k8s.kube import KubeApi, load_config
-from icechunk_operator.k8s.queue import BatchView
+from icechunk_operator.k8s.queue import WRITER_COMPONENTS, BatchView
 from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
 from icechunk_operator.k8s.reconciliations import ReconciliationRunner
 from icechunk_operator.k8s.settings import OperatorSettings
 
 QUEUE_INTERVAL = float(os.environ.get("ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS", "10"))
-JOB_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: "commit"}
+
+
+def _writes(component: str | None, **_: Any) -> bool:
+    return component in WRITER_COMPONENTS
+
+
+#: Commit and maintenance Jobs: each holds its store's queue, which moves on when it ends.
+JOB_LABELS: dict[str, Any] = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: _writes}
 RECONCILE_JOB_LABELS = {names.LABEL_MANAGED_BY: names.MANAGED_BY, names.LABEL_COMPONENT: RECONCILE_COMPONENT}
 
 

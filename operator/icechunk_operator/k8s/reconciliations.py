@@ -4,7 +4,7 @@ A run is due when the spec changed since the last run (its generation was not ye
 when the cron ``schedule`` fired since the last run. Each run is one Job, named after what made
 it due, so a run is started at most once however many events arrive; the pod it runs
 (:mod:`icechunk_operator.k8s.reconcile_pod`) writes the counts. Only the newest ``historyLimit``
-finished Jobs are kept. Deciding is pure (:func:`due_run`, :func:`jobs_to_prune`); the
+finished Jobs are kept. Deciding is pure (:func:`due_run`, :mod:`schedules`); the
 :class:`ReconciliationRunner` does the API calls.
 """
 
@@ -18,12 +18,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from icechunk_operator.api.common import first_problem
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import program_job
 from icechunk_operator.k8s.conditions import reconciliation_conditions
 from icechunk_operator.k8s.kube import KubeApi, without_status
+from icechunk_operator.k8s.schedules import (
+    job_failure,
+    jobs_to_prune,
+    parse_time,
+    schedule_time,
+    scheduled_run,
+)
 from icechunk_operator.k8s.settings import OperatorSettings
 
 COMPONENT = "reconcile"
@@ -31,66 +39,18 @@ LABEL_RECONCILIATION = f"{names.GROUP}/reconciliation"
 log = logging.getLogger("icechunk_operator.reconciliations")
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
-def schedule_error(schedule: str) -> str | None:
-    """Why a cron expression is unusable, or None."""
-    from cronsim import CronSim, CronSimError
-
-    try:
-        CronSim(schedule, datetime.now(UTC))
-    except CronSimError as error:
-        return f"spec.schedule: {schedule!r} is not a cron expression: {error}"
-    return None
-
-
 def due_run(body: dict[str, Any], now: datetime) -> str | None:
     """What makes a run due now (it names the Job), or None when none is."""
-    from cronsim import CronSim
-
     meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status") or {}
     generation = meta.get("generation", 1)
     if status.get("observedGeneration") != generation:
         return f"g{generation}"
-    schedule = spec.get("schedule")
-    if not schedule or schedule_error(schedule):
-        return None
-    since = _parse_time(status.get("lastScheduleTime")) or _parse_time(meta.get("creationTimestamp")) or now
-    fire: datetime = next(CronSim(schedule, since.astimezone(UTC)))
-    return f"s{fire:%Y%m%d%H%M}" if fire <= now else None
-
-
-def schedule_time(run: str) -> str | None:
-    """The cron time a scheduled run stands for (``lastScheduleTime``), None for other runs."""
-    if not run.startswith("s"):
-        return None
-    return datetime.strptime(run[1:], "%Y%m%d%H%M").strftime("%Y-%m-%dT%H:%M:00Z")
+    since = parse_time(status.get("lastScheduleTime")) or parse_time(meta.get("creationTimestamp")) or now
+    return scheduled_run(spec.get("schedule"), since, now)
 
 
 def run_job_name(reconciliation: str, run: str) -> str:
     return names.child_name(reconciliation, run)
-
-
-def jobs_to_prune(jobs: list[dict[str, Any]], keep: int) -> list[str]:
-    """Finished Jobs beyond the newest ``keep``; a running Job is never pruned."""
-    finished = [job for job in jobs if _finished(job)]
-    finished.sort(key=lambda job: job["metadata"].get("creationTimestamp") or "", reverse=True)
-    return [job["metadata"]["name"] for job in finished[keep:]]
-
-
-def _finished(job: dict[str, Any]) -> bool:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
-
-
-def job_failure(job: dict[str, Any]) -> str | None:
-    """The Job's failure message when it failed for good, else None."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
-            return str(condition.get("message") or condition.get("reason") or "the Job failed")
-    return None
 
 
 def reconcile_job(
@@ -153,10 +113,7 @@ class ReconciliationRunner:
         try:
             reconciliation = Reconciliation.model_validate(without_status(body))
         except ValidationError as error:
-            self._fail(body, "Invalid", str(error.errors()[0]["msg"]))
-            return
-        if reconciliation.spec.schedule and (problem := schedule_error(reconciliation.spec.schedule)):
-            self._fail(body, "Invalid", problem)
+            self._fail(body, "Invalid", first_problem(error))
             return
         store_body = self.api.get(names.STORES, namespace, reconciliation.spec.store)
         if store_body is None:  # not observed: the next tick tries again

@@ -19,6 +19,8 @@ from typing import Any
 from icechunk_operator.api.store import IcechunkStoreSpec
 
 PROBE_TIMEOUT_SECONDS = 300.0
+#: How many of the branch's newest snapshots status lists; ``icechunk-operator history`` has all.
+RECENT_SNAPSHOTS = 5
 
 
 class ProbeError(RuntimeError):
@@ -34,15 +36,32 @@ def probe_store(spec: IcechunkStoreSpec) -> dict[str, Any]:
     repo = open_repository(spec, create=True)
     initialize_repository(repo, spec.branch)
     branches = {name: repo.lookup_branch(name) for name in sorted(repo.list_branches())}
-    tip = next(iter(repo.ancestry(branch=spec.branch)), None)
+    recent = recent_snapshots(repo, spec.branch)
     live = [entry for entry in load_ledger(repo, spec.branch).values() if not entry.removed]
     return {
         "branches": branches,
-        "lastSnapshot": tip.id if tip else None,
-        "lastCommitTime": tip.written_at.strftime("%Y-%m-%dT%H:%M:%SZ") if tip else None,
+        "tags": {name: str(repo.lookup_tag(name)) for name in sorted(repo.list_tags())},
+        "lastSnapshot": recent[0]["id"] if recent else None,
+        "lastCommitTime": recent[0]["writtenAt"] if recent else None,
+        "recentSnapshots": recent,
         "datasets": len({entry.group for entry in live}),
         "sources": len(live),
     }
+
+
+def recent_snapshots(repo: Any, branch: str) -> list[dict[str, Any]]:
+    """The branch's newest snapshots as ``status.recentSnapshots`` lists them."""
+    from icechunk_operator.engine.lifecycle import history
+
+    return [
+        {
+            "id": line.id,
+            "writtenAt": line.written_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "message": line.message[:256],
+            "batch": line.batch,
+        }
+        for line in history(repo, branch, RECENT_SNAPSHOTS)
+    ]
 
 
 def delete_store_data(spec: IcechunkStoreSpec) -> dict[str, Any]:
