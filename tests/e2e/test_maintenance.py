@@ -1,4 +1,5 @@
-"""Store maintenance on a real control plane: requested by annotation, run in its own pod.
+"""Store history and maintenance on a real control plane: recent snapshots, tags and branches in
+status (after a staged batch), and maintenance requested by annotation, run in its own pod.
 
 The maintenance pod runs for real (as the FakeKubelet runs commit pods) with the service account
 and Role of ``examples/kubernetes/namespace-setup.yaml``; it expires and collects in the store's
@@ -54,7 +55,8 @@ def test_requested_maintenance_expires_collects_and_reports(
     first_files = {"files": [f.path.resolve().as_uri() for f in good[:3]]}
     cluster.apply(batch_doc("first", "ismip6", archive, source=first_files, tag="v1"), namespace=namespace)
     cluster.wait_phase(namespace, "first", "Succeeded")
-    cluster.apply(batch_doc("second", "ismip6", archive, commit={"everyGroups": 5}), namespace=namespace)
+    second = batch_doc("second", "ismip6", archive, commit={"everyGroups": 5}, staging=True)
+    cluster.apply(second, namespace=namespace)
     cluster.wait_phase(namespace, "second", "Succeeded", timeout=180)
 
     def history_shown() -> dict[str, Any] | None:
@@ -65,6 +67,7 @@ def test_requested_maintenance_expires_collects_and_reports(
     before = wait_until(history_shown, 30, "the second batch's snapshot in status")
     assert len(before["recentSnapshots"]) == 5  # the newest five of 7 or more
     assert before["recentSnapshots"][0]["id"] == before["lastSnapshot"]
+    assert before["branches"] == {"main": before["lastSnapshot"]}  # the staging branch is gone
     tagged = before["tags"]["v1"]
     assert tagged not in [s["id"] for s in before["recentSnapshots"]]
 

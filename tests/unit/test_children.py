@@ -8,6 +8,7 @@ from typing import Any
 from icechunk_operator.api import IcechunkStore, IngestBatch
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import commit_job, dask_cluster
+from icechunk_operator.k8s.kube import map_patch
 from icechunk_operator.k8s.settings import OperatorSettings
 
 
@@ -175,3 +176,9 @@ def test_dask_cluster_keeps_the_layout_of_dask_kubernetes() -> None:
                 assert mine[key] == value, (role, key)
     assert ours["spec"]["worker"]["replicas"] == theirs["spec"]["worker"]["replicas"] == 4
     assert ours["spec"]["idleTimeout"] == theirs["spec"]["idleTimeout"]
+
+
+def test_a_status_map_patch_nulls_the_keys_that_are_gone() -> None:
+    old = {"main": "A", "staging-first": "B"}
+    assert map_patch(old, {"main": "C"}) == {"main": "C", "staging-first": None}
+    assert map_patch(None, {"main": "C"}) == {"main": "C"}

@@ -25,7 +25,7 @@ from icechunk_operator.api.common import first_problem
 from icechunk_operator.api.store import DeletionPolicy, IcechunkStore, MaintenanceResult
 from icechunk_operator.k8s import children, names
 from icechunk_operator.k8s.conditions import batch_phase_conditions, now, set_condition
-from icechunk_operator.k8s.kube import KubeApi
+from icechunk_operator.k8s.kube import KubeApi, map_patch
 from icechunk_operator.k8s.maintenance import COMPONENT as MAINTENANCE_COMPONENT
 from icechunk_operator.k8s.maintenance import (
     due_maintenance,
@@ -429,6 +429,7 @@ class Controller:
                 conditions, "Ready", True, "RepositoryReady", ready_message, generation
             ),
             **facts,
+            **{field: map_patch(status.get(field), facts[field]) for field in ("branches", "tags")},
             "observedGeneration": generation,
         }
         was_ready = _is_ready(body)

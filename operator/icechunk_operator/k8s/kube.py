@@ -40,6 +40,12 @@ def without_status(body: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in body.items() if key != "status"}
 
 
+def map_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that turns the map ``old`` into ``new``: keys that are gone (a deleted
+    staging branch, a deleted tag) are nulled, or a merge patch would keep them forever."""
+    return {**dict.fromkeys(old or {}), **new}
+
+
 class KubeApi:
     """The API calls the operator and the commit pod make, nothing more (see the RBAC rules)."""
 
