@@ -352,10 +352,17 @@ class Controller:
         store = IcechunkStore.model_validate(_spec_only(store_body))
         if store.spec.maintenance is None or self._writer_running(namespace, name):
             return
-        job = self.api.create_job(maintenance_job(store, self.settings, run))
-        job_name = job["metadata"]["name"]
+        manifest = maintenance_job(store, self.settings, run)
+        job_name = manifest["metadata"]["name"]
+        # Status first: a pod that finishes at once must find its run marked started, or this
+        # patch would overwrite what it reported.
         started = started_status(store_body, run, job_name, schedule_time(run))
         self.api.patch_status(names.STORES, namespace, name, {"maintenance": started})
+        try:
+            self.api.create_job(manifest)
+        except Exception as error:  # the run is marked started: say why it never ran
+            self._maintenance_failed(store_body, job_name, f"could not be created: {_safe_error(error)}")
+            return
         self.post_event(store_body, "Normal", "MaintenanceStarted", f"Job {job_name}")
         log.info("store %s/%s: maintenance Job %s started", namespace, name, job_name)
         labels = {names.LABEL_COMPONENT: MAINTENANCE_COMPONENT, names.LABEL_STORE: name}

@@ -121,14 +121,23 @@ class ReconciliationRunner:
             self._fail(body, "StoreNotFound", missing, observe=False)
             return
         store = IcechunkStore.model_validate(without_status(store_body))
-        self.api.create_job(reconcile_job(reconciliation, store, self.settings, run))
         conditions = reconciliation_conditions(
             status.get("conditions", []), "Running", "Started", f"Job {job_name}", generation
         )
         started: dict[str, Any] = {"job": job_name, "conditions": conditions}
         if fired := schedule_time(run):
             started["lastScheduleTime"] = fired
+        # Status first: a pod that finishes at once must find its run marked started, or this
+        # patch would overwrite the counts and conditions it reported.
         self.api.patch_status(names.RECONCILIATIONS, namespace, name, started)
+        try:
+            self.api.create_job(reconcile_job(reconciliation, store, self.settings, run))
+        except Exception as error:  # undo the mark, so that the next tick tries again
+            undo = {"job": status.get("job"), "lastScheduleTime": status.get("lastScheduleTime")}
+            self.api.patch_status(names.RECONCILIATIONS, namespace, name, undo)
+            message = f"Job {job_name} could not be created: {type(error).__name__}: {error}"[:512]
+            self._fail(body, "JobNotCreated", message, observe=False)
+            return
         self.post_event(body, "Normal", "Started", f"Job {job_name}")
         jobs = self.api.labelled_jobs(namespace, {LABEL_RECONCILIATION: name})
         for old in jobs_to_prune(jobs, reconciliation.spec.history_limit):
