@@ -349,7 +349,10 @@ class Controller:
         """Start the due run's Job (the store's queue is held for it) and prune old runs."""
         metadata = store_body["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
-        store = IcechunkStore.model_validate(_spec_only(store_body))
+        try:
+            store = IcechunkStore.model_validate(_spec_only(store_body))
+        except ValidationError:
+            return  # the store's probe reports it, and a store that is not Ready holds no runs
         if store.spec.maintenance is None or self._writer_running(namespace, name):
             return
         manifest = maintenance_job(store, self.settings, run)
