@@ -99,3 +99,21 @@ def test_requested_maintenance_expires_collects_and_reports(
         (cluster.status(names.STORES, namespace, "ismip6")["maintenance"]["job"], again["job"])
     )
     assert all(j.metadata.owner_references[0].kind == "IcechunkStore" for j in runs)
+
+
+def test_a_schedule_the_api_server_cannot_check_makes_the_store_not_ready_naming_the_field(
+    cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    policy = {"schedule": "every sunday", "keepSnapshots": 3}
+    store = store_doc("weekly", (tmp_path / "store").as_uri(), shared_archive, maintenance=policy)
+    assert cluster.apply(store, namespace=namespace).returncode == 0  # cron is beyond the CRD schema
+
+    def refused() -> str | None:
+        conditions = cluster.status(names.STORES, namespace, "weekly").get("conditions") or []
+        ready = next((c for c in conditions if c["type"] == "Ready"), None)
+        return str(ready["message"]) if ready and ready["status"] == "False" else None
+
+    message = wait_until(refused, 60, "the store's Ready condition")
+    assert message.startswith(
+        "invalid spec: spec.maintenance.schedule: 'every sunday' is not a cron expression"
+    )
