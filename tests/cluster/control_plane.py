@@ -143,6 +143,9 @@ class ControlPlane:
                 "--advertise-address=127.0.0.1",
                 f"--cert-dir={self.root / 'certs'}",
                 "--authorization-mode=RBAC",
+                # As OpenShift does: setting blockOwnerDeletion on a child needs the right to
+                # update the owner's finalizers, which the chart and namespace Roles must grant.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--token-auth-file={self.root / 'tokens.csv'}",
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={self.root / 'sa.pub'}",

@@ -34,4 +34,5 @@ def test_namespace_setup_gives_the_pods_only_what_they_use() -> None:
         ("reconciliations/status", "patch"),
         ("icechunkstores/status", "patch"),  # what maintenance freed
         ("ingestbatches", "create"),  # a Repair's batch
+        ("reconciliations/finalizers", "update"),  # ... owned by its Reconciliation
     }

@@ -34,7 +34,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 - apiGroups: [icechunkoperator.io]
   resources: [icechunkstores/status, ingestbatches/status, reconciliations/status]
   verbs: [patch]
-# delete: finished reconcile Jobs beyond a Reconciliation's historyLimit.
+# Children carry blockOwnerDeletion; where OwnerReferencesPermissionEnforcement is on (OpenShift),
+# setting it needs update on the owner's finalizers subresource (nothing else of the owner).
+- apiGroups: [icechunkoperator.io]
+  resources: [icechunkstores/finalizers, ingestbatches/finalizers, reconciliations/finalizers]
+  verbs: [update]
+# delete: finished reconcile and maintenance Jobs beyond historyLimit.
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
