@@ -79,6 +79,7 @@ def test_the_job_runs_the_maintenance_pod_as_the_store_owned_child() -> None:
     assert container["command"] == ["icechunk-operator", "maintain", "--store", "ns/s"]
     assert container["envFrom"] == [{"secretRef": {"name": "store-creds"}}]
     assert container["resources"]["limits"]["memory"] == "2Gi"
+    assert manifest["spec"]["activeDeadlineSeconds"] == 21600  # a hung run cannot hold the queue forever
     owner = manifest["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"]) == ("IcechunkStore", "u-s")
     assert manifest["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True

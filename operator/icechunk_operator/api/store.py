@@ -154,6 +154,11 @@ class MaintenanceSpec(ApiModel):
         default="2Gi",
         description="Memory of the maintenance pod: garbage collection reads every kept manifest.",
     )
+    deadline_seconds: int = Field(
+        default=21600,
+        ge=60,
+        description="A run still going after this fails, and frees the store's queue for its batches.",
+    )
     history_limit: int = Field(
         default=3, ge=0, le=100, description="Finished Jobs kept besides the latest run's."
     )

@@ -75,7 +75,7 @@ def maintenance_job(store: IcechunkStore, settings: OperatorSettings, run: str) 
         "command": ["icechunk-operator", "maintain", "--store", f"{namespace}/{name}"],
         "resources": {"requests": {"cpu": "500m", "memory": memory}, "limits": {"memory": memory}},
     }
-    return program_job(
+    job = program_job(
         store,
         maintenance_job_name(name, run),
         labels,
@@ -85,6 +85,8 @@ def maintenance_job(store: IcechunkStore, settings: OperatorSettings, run: str) 
         backoff_limit=2,
         fail_on_exit=[names.EXIT_INVALID_SPEC],
     )
+    job["spec"]["activeDeadlineSeconds"] = store.spec.maintenance.deadline_seconds
+    return job
 
 
 def failed_run(body: dict[str, Any], jobs: list[dict[str, Any]]) -> tuple[str, str] | None:
