@@ -271,6 +271,13 @@ class ClusterDriver:
                 f"kubectl wait {target} {condition}: {result.stderr}\n{self.diagnostics(namespace)}"
             )
 
+    def wait(self, namespace: str, check: Callable[[], Any], timeout: float, what: str) -> Any:
+        """``wait_until``, failing with the namespace's diagnostics when time runs out."""
+        try:
+            return wait_until(check, timeout, what)
+        except TimeoutError as error:
+            raise AssertionError(f"{error}\n{self.diagnostics(namespace)}") from None
+
     def wait_phase(self, namespace: str, batch: str, phase: str, timeout: float = 120) -> dict[str, Any]:
         def reached() -> bool:
             current = self.phase(namespace, batch)
@@ -281,8 +288,5 @@ class ClusterDriver:
                 )
             return current == phase
 
-        try:
-            wait_until(reached, timeout, f"batch {batch} to be {phase}")
-        except TimeoutError as error:
-            raise AssertionError(f"{error}\n{self.diagnostics(namespace)}") from None
+        self.wait(namespace, reached, timeout, f"batch {batch} to be {phase}")
         return self.status(names.BATCHES, namespace, batch)

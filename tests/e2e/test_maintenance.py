@@ -38,10 +38,7 @@ def request_maintenance(cluster: ClusterDriver, namespace: str, value: str) -> d
             raise AssertionError(f"{maintenance}\n{cluster.diagnostics(namespace)}")
         return dict(maintenance)
 
-    try:
-        return dict(wait_until(finished, 120, f"maintenance run {value}"))
-    except TimeoutError as error:
-        raise AssertionError(f"{error}\n{cluster.diagnostics(namespace)}") from None
+    return dict(cluster.wait(namespace, finished, 120, f"maintenance run {value}"))
 
 
 def test_requested_maintenance_expires_collects_and_reports(

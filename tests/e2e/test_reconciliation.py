@@ -15,7 +15,7 @@ import pytest
 
 from icechunk_operator.k8s import names
 from icechunk_operator.synthetic import ArchiveLayout
-from tests.e2e.conftest import ClusterDriver, wait_until
+from tests.e2e.conftest import ClusterDriver
 from tests.e2e.test_operator import batch_doc, ready_store
 
 pytestmark = pytest.mark.k8s
@@ -40,10 +40,7 @@ def wait_run(cluster: ClusterDriver, namespace: str, generation: int) -> dict[st
             raise AssertionError(f"{failed}\n{cluster.diagnostics(namespace)}")
         return status if status.get("observedGeneration") == generation else None
 
-    try:
-        return dict(wait_until(reported, 120, f"run of generation {generation}"))
-    except TimeoutError as error:
-        raise AssertionError(f"{error}\n{cluster.diagnostics(namespace)}") from None
+    return dict(cluster.wait(namespace, reported, 120, f"run of generation {generation}"))
 
 
 def test_report_then_repair_then_clean(

@@ -170,6 +170,38 @@ def program_job(
     }
 
 
+def run_job(
+    owner: ResourceModel,
+    job_name: str,
+    component: str,
+    command: list[str],
+    resources: dict[str, Any],
+    store: IcechunkStore,
+    settings: OperatorSettings,
+    extra_labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The Job of one reconcile or maintenance run: labelled with its store (so the queue sees
+    it), retried twice, failed at once when the pod refuses the spec (exit 2)."""
+    labels = {
+        "app.kubernetes.io/name": "icechunk-operator",
+        names.LABEL_MANAGED_BY: names.MANAGED_BY,
+        names.LABEL_COMPONENT: component,
+        names.LABEL_STORE: store.metadata.name,
+        **(extra_labels or {}),
+    }
+    container = {"name": component, "command": command, "resources": resources}
+    return program_job(
+        owner,
+        job_name,
+        labels,
+        container,
+        store,
+        settings,
+        backoff_limit=2,
+        fail_on_exit=[names.EXIT_INVALID_SPEC],
+    )
+
+
 def _scheduler_for(batch: IngestBatch, namespace: str) -> str:
     if batch.spec.execution.scheduler:
         return batch.spec.execution.scheduler

@@ -87,10 +87,8 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
     from icechunk_operator.engine.templates import GroupPathError
     from icechunk_operator.engine.urls import SourceOutsideContainersError
 
-    api, namespace, name = pod_connection(reference)
-    body = api.get(names.BATCHES, namespace, name)
+    api, namespace, name, body = pod_connection(reference, names.BATCHES)
     if body is None:
-        log.error("IngestBatch %s/%s not found", namespace, name)
         return names.EXIT_INVALID_SPEC
     try:
         batch = IngestBatch.model_validate(without_status(body))

@@ -8,6 +8,7 @@ existing one, and deleting one that is gone is not an error, so every caller can
 from __future__ import annotations
 
 import base64
+import logging
 from functools import cached_property
 from typing import Any, TypeVar
 
@@ -28,11 +29,17 @@ def load_config() -> None:
         config.load_kube_config()
 
 
-def pod_connection(reference: str) -> tuple[KubeApi, str, str]:
-    """A commit or reconcile pod's API client, and the namespace and name it was started for."""
+def pod_connection(reference: str, plural: str) -> tuple[KubeApi, str, str, dict[str, Any] | None]:
+    """A commit, reconcile or maintenance pod's API client, the namespace and name it was started
+    for, and that resource (None, after logging it, when it is gone)."""
     namespace, _, name = reference.rpartition("/")
+    namespace = namespace or "default"
     load_config()
-    return KubeApi(), namespace or "default", name
+    api = KubeApi()
+    body = api.get(plural, namespace, name)
+    if body is None:
+        logging.getLogger("icechunk_operator.pod").error("%s %s/%s not found", plural, namespace, name)
+    return api, namespace, name, body
 
 
 def without_status(body: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from icechunk_operator.api.store import IcechunkStore, MaintenanceResult
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.children import program_job
+from icechunk_operator.k8s.children import run_job
 from icechunk_operator.k8s.schedules import job_failure, parse_time, scheduled_run
 from icechunk_operator.k8s.settings import OperatorSettings
 
@@ -61,29 +61,16 @@ def maintenance_job_name(store: str, run: str) -> str:
 def maintenance_job(store: IcechunkStore, settings: OperatorSettings, run: str) -> dict[str, Any]:
     """The Job of one run: ``icechunk-operator maintain --store NS/NAME``, credentials by reference."""
     assert store.spec.maintenance is not None
-    namespace = store.metadata.namespace or "default"
-    name = store.metadata.name
+    namespace, name = store.metadata.namespace or "default", store.metadata.name
     memory = store.spec.maintenance.memory
-    labels = {
-        "app.kubernetes.io/name": "icechunk-operator",
-        names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_COMPONENT: COMPONENT,
-        names.LABEL_STORE: name,
-    }
-    container = {
-        "name": COMPONENT,
-        "command": ["icechunk-operator", "maintain", "--store", f"{namespace}/{name}"],
-        "resources": {"requests": {"cpu": "500m", "memory": memory}, "limits": {"memory": memory}},
-    }
-    job = program_job(
+    job = run_job(
         store,
         maintenance_job_name(name, run),
-        labels,
-        container,
+        COMPONENT,
+        ["icechunk-operator", "maintain", "--store", f"{namespace}/{name}"],
+        {"requests": {"cpu": "500m", "memory": memory}, "limits": {"memory": memory}},
         store,
         settings,
-        backoff_limit=2,
-        fail_on_exit=[names.EXIT_INVALID_SPEC],
     )
     job["spec"]["activeDeadlineSeconds"] = store.spec.maintenance.deadline_seconds
     return job

@@ -33,10 +33,8 @@ def run_maintenance_pod(reference: str) -> int:
     from icechunk_operator.engine.storage import open_repository
     from icechunk_operator.k8s.store_probe import recent_snapshots
 
-    api, namespace, name = pod_connection(reference)
-    body = api.get(names.STORES, namespace, name)
+    api, namespace, name, body = pod_connection(reference, names.STORES)
     if body is None:
-        log.error("IcechunkStore %s/%s not found", namespace, name)
         return names.EXIT_INVALID_SPEC
 
     def report(result: MaintenanceResult, message: str, facts: dict[str, Any], **status: Any) -> None:

@@ -45,10 +45,8 @@ def run_reconcile_pod(reference: str) -> int:
     from icechunk_operator.engine.reconcile import repair_batch, run_reconciliation
     from icechunk_operator.engine.urls import SourceOutsideContainersError
 
-    api, namespace, name = pod_connection(reference)
-    body = api.get(names.RECONCILIATIONS, namespace, name)
+    api, namespace, name, body = pod_connection(reference, names.RECONCILIATIONS)
     if body is None:
-        log.error("Reconciliation %s/%s not found", namespace, name)
         return names.EXIT_INVALID_SPEC
     generation = body["metadata"].get("generation")
     conditions = list((body.get("status") or {}).get("conditions", []))

@@ -22,7 +22,7 @@ from icechunk_operator.api.common import first_problem
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.children import program_job
+from icechunk_operator.k8s.children import run_job
 from icechunk_operator.k8s.conditions import reconciliation_conditions
 from icechunk_operator.k8s.kube import KubeApi, without_status
 from icechunk_operator.k8s.schedules import (
@@ -60,27 +60,15 @@ def reconcile_job(
     credentials by reference, as the commit pod has them."""
     namespace = reconciliation.metadata.namespace or "default"
     name = reconciliation.metadata.name
-    labels = {
-        "app.kubernetes.io/name": "icechunk-operator",
-        names.LABEL_MANAGED_BY: names.MANAGED_BY,
-        names.LABEL_COMPONENT: COMPONENT,
-        names.LABEL_STORE: reconciliation.spec.store,
-        LABEL_RECONCILIATION: name,
-    }
-    container = {
-        "name": COMPONENT,
-        "command": ["icechunk-operator", "reconcile", "--resource", f"{namespace}/{name}"],
-        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
-    }
-    return program_job(
+    return run_job(
         reconciliation,
         run_job_name(name, run),
-        labels,
-        container,
+        COMPONENT,
+        ["icechunk-operator", "reconcile", "--resource", f"{namespace}/{name}"],
+        {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
         store,
         settings,
-        backoff_limit=2,
-        fail_on_exit=[names.EXIT_INVALID_SPEC],
+        {LABEL_RECONCILIATION: name},
     )
 
 
