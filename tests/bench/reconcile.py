@@ -106,6 +106,9 @@ def reconcile_once(root: Path) -> dict[str, object]:
 
 
 def main() -> None:
+    from icechunk_operator.engine.storage import quiet_logs
+
+    quiet_logs()
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         print(json.dumps(reconcile_once(Path(sys.argv[2]))))
         return

@@ -22,12 +22,14 @@ from icechunk_operator.engine.urls import split_url
 
 
 def quiet_logs() -> None:
-    """Icechunk warns on every local open that local disk is unsafe for concurrent commits;
-    this tool serialises writers per store, so only errors are worth showing."""
+    """Icechunk warns on every local open that local disk is unsafe for concurrent commits,
+    and that local disk cannot stamp write-ids in object metadata; this tool serialises
+    writers per store and never turns metadata off on object stores, so only errors from
+    those two are worth showing."""
     import os
 
     if "ICECHUNK_LOG" not in os.environ:
-        icechunk.set_logs_filter("warn,icechunk_arrow_object_store=error")
+        icechunk.set_logs_filter("warn,icechunk_arrow_object_store=error,icechunk_storage::readback=error")
 
 
 def build_storage(spec: StorageSpec) -> icechunk.Storage:
