@@ -19,7 +19,7 @@ test: lint control-plane chart-tools
 	$(PY) -m pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not s3 and not k8s"
+	$(PY) -m pytest -q -m "not slow and not s3 and not azure and not k8s"
 
 # The end-to-end tests on the local control plane (built and cached on first use).
 test-k8s: setup control-plane chart-tools

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Dask cluster, a real S3-compatible server, real NetCDF archives.
+"""Shared fixtures: a real Dask cluster, real object-storage servers (S3, Azure), real NetCDF archives.
 
 Servers listen on free loopback ports and fixtures wait until they answer; nothing sleeps.
 """
@@ -26,6 +26,10 @@ quiet_logs()
 
 S3_KEY = "testing-key"
 S3_SECRET = "testing-secret"
+#: Azurite's one built-in account and its key, published in Azurite's documentation.
+AZURE_ACCOUNT = "devstoreaccount1"
+AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -41,6 +45,16 @@ def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> No
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
+    """Ask a server to end, then end it: Azurite, for one, may keep waiting on idle connections."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(grace)
 
 
 @pytest.fixture(scope="session")
@@ -79,8 +93,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_until(answers, what="the S3 server")
         yield endpoint
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 @pytest.fixture
@@ -89,6 +102,40 @@ def s3_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> str:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return s3_endpoint
+
+
+@pytest.fixture(scope="session")
+def azure_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Azurite's blob service (installed and cached by scripts/install-azurite.sh) in its own
+    process; the endpoint is the account's blob URL."""
+    command = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-azurite.sh")], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    port = free_port()
+    folder = tmp_path_factory.mktemp("azurite")
+    with (folder / "azurite.log").open("w") as out:
+        address = ["--blobHost", "127.0.0.1", "--blobPort", str(port)]
+        process = subprocess.Popen(
+            [command, *address, "--location", str(folder / "data"), "--skipApiVersionCheck", "--loose"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}/{AZURE_ACCOUNT}"
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return process.poll() is not None  # ended: fail below with its log, not a timeout
+
+    try:
+        wait_until(answers, what="Azurite")
+        if process.poll() is not None:
+            raise RuntimeError(f"Azurite ended at start: {(folder / 'azurite.log').read_text()[-2000:]}")
+        yield endpoint
+    finally:
+        stop_process(process)
 
 
 def make_archive(root: Path, **kwargs: Any) -> ArchiveLayout:

@@ -59,13 +59,10 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
             **kwargs,
         )
     if scheme == "gs":
-        config = {"base_url": spec.endpoint} if spec.endpoint else {}
-        if spec.allow_http:
-            config["allow_http"] = "true"
         return icechunk.gcs_storage(
             bucket=bucket,
             prefix=path,
-            config=config or None,
+            config=_client_config(spec, "base_url"),
             service_account_file=creds.gcs_service_account_file,
             anonymous=creds.anonymous or None,
             from_env=None if (creds.gcs_service_account_file or creds.anonymous) else True,
@@ -73,9 +70,6 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
     if scheme == "az":
         if not spec.azure_account:
             raise ValueError("storage.azureAccount: required for az:// URLs")
-        config = {"endpoint": spec.endpoint} if spec.endpoint else {}
-        if spec.allow_http:
-            config["allow_http"] = "true"
         return icechunk.azure_storage(
             account=spec.azure_account,
             container=bucket,
@@ -83,9 +77,18 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
             access_key=creds.azure_account_key,
             sas_token=creds.azure_sas_token,
             from_env=None if (creds.azure_account_key or creds.azure_sas_token) else True,
-            config=config or None,
+            config=_client_config(spec, "endpoint"),
         )
     raise ValueError(f"storage.url: unsupported scheme in {spec.url!r}")
+
+
+def _client_config(location: ObjectStoreLocation, endpoint_key: str) -> dict[str, str] | None:
+    """object_store options for a GCS or Azure location: its endpoint (an emulator, a private
+    endpoint) under the provider's key, and plain http when allowed."""
+    config = {endpoint_key: location.endpoint} if location.endpoint else {}
+    if location.allow_http:
+        config["allow_http"] = "true"
+    return config or None
 
 
 def _container_store(container: VirtualChunkContainerSpec) -> Any:
@@ -102,14 +105,12 @@ def _container_store(container: VirtualChunkContainerSpec) -> Any:
             force_path_style=container.force_path_style,
         )
     if scheme == "gs":
-        opts = {"base_url": container.endpoint} if container.endpoint else {}
-        if container.allow_http:
-            opts["allow_http"] = "true"
-        return icechunk.gcs_store(opts or None)
+        return icechunk.gcs_store(_client_config(container, "base_url"))
     if scheme == "az":
         from icechunk.storage import azure_store  # not re-exported at the top level
 
-        return azure_store(account=container.azure_account or "", config=None)
+        account = container.azure_account or ""
+        return azure_store(account=account, config=_client_config(container, "endpoint"))
     raise ValueError(f"virtualChunkContainers: unsupported scheme in {container.url_prefix!r}")
 
 
@@ -135,12 +136,16 @@ def container_credentials(location: ObjectStoreLocation, url_prefix: str) -> Any
 
             return gcs_anonymous_credentials()
         if creds.gcs_service_account_file:
-            return icechunk.gcs_static_credentials(service_account_file=creds.gcs_service_account_file)
+            # gcs_credentials, not gcs_static_credentials: containers_credentials takes only
+            # the wrapped kinds and refuses a bare static one
+            return icechunk.gcs_credentials(service_account_file=creds.gcs_service_account_file)
         return icechunk.gcs_from_env_credentials()
     if creds.anonymous:
         return icechunk.azure_anonymous_credentials()
     if creds.azure_account_key:
-        return icechunk.azure_static_credentials(access_key=creds.azure_account_key)
+        return icechunk.azure_credentials(access_key=creds.azure_account_key)
+    if creds.azure_sas_token:
+        return icechunk.azure_credentials(sas_token=creds.azure_sas_token)
     return icechunk.azure_from_env_credentials()
 
 
