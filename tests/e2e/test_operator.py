@@ -76,6 +76,9 @@ def test_api_server_refuses_bad_specs_naming_the_field(
     concat = batch_doc("concat", "s", shared_archive)
     concat["spec"]["grouping"]["rules"] = [{"combine": "concat"}]
     bad_url = store_doc("badurl", "ftp://host/x", shared_archive)
+    no_account = store_doc("noaccount", "az://stores/s", shared_archive)
+    no_container_account = store_doc("nocontaineraccount", (tmp_path / "store").as_uri(), shared_archive)
+    no_container_account["spec"]["virtualChunkContainers"].append({"urlPrefix": "az://archive/"})
     cases = [
         (both_sources, "exactly one of source.prefix, source.files, source.index must be set"),
         (escaping, "spec.grouping.template"),
@@ -83,6 +86,11 @@ def test_api_server_refuses_bad_specs_naming_the_field(
         (no_workers, "spec.execution.workers"),
         (concat, "combine 'concat' needs a dimension"),
         (bad_url, "spec.storage.url"),
+        (no_account, "spec.storage: Invalid value: azureAccount is required for az:// URLs"),
+        (
+            no_container_account,
+            "spec.virtualChunkContainers[1]: Invalid value: azureAccount is required",
+        ),
     ]
     for document, expected in cases:
         result = cluster.apply(document, namespace=namespace)

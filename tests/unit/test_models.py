@@ -63,6 +63,12 @@ def test_invalid_batches_name_the_field(tmp_path: Path, edit: tuple[str, str], f
         ('url: "s3://bucket/stores/s"', 'url: "ftp://x/y"', "spec.storage.url"),
         ('url: "s3://bucket/stores/s"', 'url: "s3://bucket"', "spec.storage.url"),
         ("name: s}", "name: Bad_Name}", "metadata.name"),
+        ('url: "s3://bucket/stores/s"', 'url: "az://stores/s"', "spec.storage: azureAccount is required"),
+        (
+            'urlPrefix: "s3://archive/"',
+            'urlPrefix: "az://archive/"',
+            "spec.virtualChunkContainers.0: azureAccount is required",
+        ),
     ],
 )
 def test_invalid_stores_name_the_field(tmp_path: Path, old: str, new: str, field: str) -> None:

@@ -36,7 +36,18 @@ class ObjectStoreLocation(ApiModel):
     credentials: Credentials = Field(default_factory=Credentials)
 
 
+AZURE_ACCOUNT_REQUIRED = "azureAccount is required for az:// URLs"
+
+
+def _azure_account_rule(url_field: str) -> ConfigDict:
+    """az:// needs an account name: the URL holds only the container."""
+    rule = cel(f"!self.{url_field}.startsWith('az://') || has(self.azureAccount)", AZURE_ACCOUNT_REQUIRED)
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule]})
+
+
 class StorageSpec(ObjectStoreLocation):
+    model_config = _azure_account_rule("url")
+
     url: str = immutable_field(
         "Repository location: file:///path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.",
         "spec.storage.url",
@@ -55,6 +66,12 @@ class StorageSpec(ObjectStoreLocation):
                 "are not supported by Icechunk 2"
             )
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _azure_account(self) -> StorageSpec:
+        if self.url.startswith("az://") and not self.azure_account:
+            raise ValueError(AZURE_ACCOUNT_REQUIRED)
+        return self
 
 
 class CompressionAlgorithm(StrEnum):
@@ -94,6 +111,8 @@ class RepositoryConfigSpec(ApiModel):
 class VirtualChunkContainerSpec(ObjectStoreLocation):
     """A source prefix this store may reference. Ingests outside every container are refused."""
 
+    model_config = _azure_account_rule("urlPrefix")
+
     url_prefix: str = Field(
         description="Source prefix, ending with '/', e.g. s3://ismip6/.",
         pattern=r"^(file|s3|gs|az)://.*/$",
@@ -108,6 +127,12 @@ class VirtualChunkContainerSpec(ObjectStoreLocation):
         if not value.endswith("/"):
             raise ValueError("urlPrefix must end with '/'")
         return value
+
+    @model_validator(mode="after")
+    def _azure_account(self) -> VirtualChunkContainerSpec:
+        if self.url_prefix.startswith("az://") and not self.azure_account:
+            raise ValueError(AZURE_ACCOUNT_REQUIRED)
+        return self
 
 
 class DeletionPolicy(StrEnum):
