@@ -9,8 +9,9 @@ import xarray as xr
 
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.commits import load_ledger
+from icechunk_operator.engine.runner import RunReport
 from icechunk_operator.engine.storage import open_repository
-from icechunk_operator.synthetic import SyntheticFile
+from icechunk_operator.synthetic import ArchiveLayout, SyntheticFile
 
 
 def open_group(store: IcechunkStore, group: str, snapshot: str | None = None) -> xr.Dataset:
@@ -42,3 +43,25 @@ def ledger_urls(store: IcechunkStore) -> dict[str, str]:
 def branch_commits(store: IcechunkStore) -> list[Any]:
     repo = open_repository(store.spec, create=False)
     return list(repo.ancestry(branch=store.spec.branch))
+
+
+def assert_bucket_ingest(
+    report: RunReport, store: IcechunkStore, layout: ArchiveLayout, root: str
+) -> list[tuple[SyntheticFile, xr.Dataset]]:
+    """An archive uploaded under ``root`` (a bucket or container URL) was ingested whole: the
+    defective files failed into a log beside the store, the ledger names every good file's
+    group, and each group's values equal the source. Returns the opened groups for more checks."""
+    good = [f for f in layout.files if f.defect == "none"]
+    assert report.succeeded and report.done == len(good) and report.failed == 4
+    beside_store = store.spec.storage.url.rpartition("/")[0] + "/failures/"
+    assert report.failure_log and report.failure_log.startswith(beside_store)
+    ledger = ledger_urls(store)
+    assert len(ledger) == len(good)
+    opened = []
+    for item in good:
+        assert ledger[root + item.path.relative_to(layout.root).as_posix()] == item.group
+        ds = open_group(store, item.group)  # virtual chunks read from the bucket by Icechunk
+        with xr.open_dataset(item.path, decode_times=False) as src:
+            np.testing.assert_array_equal(ds[item.variable].values, src[item.variable].values)
+        opened.append((item, ds))
+    return opened

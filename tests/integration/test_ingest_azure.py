@@ -8,16 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-import xarray as xr
 
 from icechunk_operator.api import Reconciliation
 from icechunk_operator.engine.reconcile import run_reconciliation
 from icechunk_operator.engine.runner import run_batch
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.conftest import AZURE_ACCOUNT, AZURE_KEY, ismip6_resources
-from tests.integration.readback import branch_commits, ledger_urls, open_group
+from tests.integration.readback import assert_bucket_ingest, branch_commits, ledger_urls
 
 pytestmark = pytest.mark.azure
 
@@ -61,17 +59,7 @@ def test_azure_sources_into_an_azure_store_read_back_equal_and_reconcile_clean(
 
     report = run_batch(store, batch, scheduler=dask_scheduler)
 
-    good = [f for f in shared_archive.files if f.defect == "none"]
-    assert report.succeeded and report.done == len(good) and report.failed == 4
-    assert report.failure_log and report.failure_log.startswith(f"az://stores-{suffix}/failures/")
-    ledger = ledger_urls(store)
-    assert len(ledger) == len(good)
-    for item in good:
-        url = root + item.path.relative_to(shared_archive.root).as_posix()
-        assert ledger[url] == item.group
-        ds = open_group(store, item.group)  # virtual chunks read from Azurite by Icechunk
-        with xr.open_dataset(item.path, decode_times=False) as src:
-            np.testing.assert_array_equal(ds[item.variable].values, src[item.variable].values)
+    assert_bucket_ingest(report, store, shared_archive, root)
 
     commits = branch_commits(store)
     again = run_batch(store, batch, scheduler=dask_scheduler)
@@ -88,6 +76,6 @@ def test_azure_sources_into_an_azure_store_read_back_equal_and_reconcile_clean(
     # the defective files were listed but never ingested: missing, and nothing else
     defective = {
         root + f.path.relative_to(shared_archive.root).as_posix() for f in shared_archive.files
-    } - set(ledger)
+    } - set(ledger_urls(store))
     assert found.counts() == {"missing": len(defective), "stale": 0, "orphaned": 0, "broken": 0}
     assert {entry.url for entry in found.missing} == defective
