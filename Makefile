@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast test-k8s lint crds bench bench-operator control-plane chart-tools image image-lock clean
+.PHONY: setup demo test test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy image image-lock clean
 
 setup:
 	@scripts/setup.sh
@@ -15,7 +15,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
 
-test: lint control-plane chart-tools
+test: lint control-plane chart-tools toxiproxy
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -33,6 +33,10 @@ crds: setup
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
 
+# toxiproxy (built from its Go module), for latency and network faults in front of the S3 server.
+toxiproxy:
+	@scripts/build-go-tool.sh toxiproxy >/dev/null
+
 # helm (built from its Go module) and checkov (its own virtual environment), for the chart tests.
 chart-tools: setup
 	@scripts/build-chart-tools.sh >/dev/null
@@ -40,6 +44,12 @@ chart-tools: setup
 bench: setup
 	$(PY) -m tests.bench.ingest
 	$(PY) -m tests.bench.reconcile
+
+# The ingest on an S3 server behind toxiproxy at 0, 20 and 50 ms per response, beside the seed's
+# algorithm (files/s, stage seconds, requests per file, commit time, peak memory).
+bench-cloud: setup toxiproxy
+	@scripts/build-go-tool.sh versitygw >/dev/null
+	$(PY) -m tests.bench.cloud
 
 # The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory.
 bench-operator: setup control-plane

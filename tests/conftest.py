@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Dask cluster, real object-storage servers (S3, Azure), real NetCDF archives.
+"""Shared fixtures: a real Dask cluster, real object-storage servers (S3, Azure, toxiproxy in front
+of S3), real NetCDF archives.
 
 Servers listen on free loopback ports and fixtures wait until they answer; nothing sleeps.
 """
@@ -8,10 +9,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import sys
-import time
-import urllib.request
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,40 +21,24 @@ from icechunk_operator.api import IcechunkStore, IngestBatch
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
 from icechunk_operator.engine.storage import quiet_logs
 from icechunk_operator.synthetic import ArchiveLayout, plan_archive, write_archive
+from tests.servers import (
+    REPO,
+    S3_KEY,
+    S3_SECRET,
+    S3Server,
+    Toxiproxy,
+    free_port,
+    s3_server,
+    stop_process,
+    toxiproxy,
+    wait_until,
+)
 
 quiet_logs()
 
-S3_KEY = "testing-key"
-S3_SECRET = "testing-secret"
 #: Azurite's one built-in account and its key, published in Azurite's documentation.
 AZURE_ACCOUNT = "devstoreaccount1"
 AZURE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def stop_process(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
-    """Ask a server to end, then end it: Azurite, for one, may keep waiting on idle connections."""
-    process.terminate()
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(grace)
 
 
 @pytest.fixture(scope="session")
@@ -71,29 +55,53 @@ def dask_scheduler() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3-compatible server (moto in server mode) in its own process."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    binary = Path(sys.executable).with_name("moto_server")
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
-        )
-    endpoint = f"http://127.0.0.1:{port}"
+    with s3_server(tmp_path_factory.mktemp("moto")) as server:
+        yield server
 
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(endpoint + "/moto-api/", timeout=1):
-                return True
-        except OSError:
-            return False
 
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server_process: S3Server) -> str:
+    return s3_server_process.endpoint
+
+
+@dataclass
+class ProxiedS3:
+    """The S3 server behind a toxiproxy proxy: ``endpoint`` goes through it, toxics act on it."""
+
+    toxiproxy: Toxiproxy
+    proxy: str
+    endpoint: str
+    server: S3Server
+
+    def clear_toxics(self) -> None:
+        for toxic in self.toxiproxy.toxics(self.proxy):
+            self.toxiproxy.remove_toxic(self.proxy, toxic)
+
+
+@pytest.fixture(scope="session")
+def toxiproxy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxiproxy]:
+    """toxiproxy (built from its Go module and cached by scripts/build-toxiproxy.sh)."""
+    with toxiproxy(tmp_path_factory.mktemp("toxiproxy")) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def proxied_s3(
+    toxiproxy_server: Toxiproxy, s3_server_process: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ProxiedS3]:
+    """A fresh proxy in front of the S3 server per test, its toxics removed at the end."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"s3-{uuid.uuid4().hex[:8]}"
+    endpoint = toxiproxy_server.proxy(name, s3_server_process.endpoint.removeprefix("http://"))
+    proxied = ProxiedS3(toxiproxy_server, name, endpoint, s3_server_process)
     try:
-        wait_until(answers, what="the S3 server")
-        yield endpoint
+        yield proxied
     finally:
-        stop_process(process)
+        toxiproxy_server.delete_proxy(name)
 
 
 @pytest.fixture

@@ -23,11 +23,14 @@ ISMIP6_BATCHES = 442  # (institution, model, experiment) combinations
 CACHE = Path(os.environ.get("ICECHUNK_OPERATOR_CACHE", Path.home() / ".cache" / "icechunk-operator"))
 
 
-def build_archive(root: Path, files: int, combos: int) -> Path:
-    """17 models over 14 institutions, 26 experiments each: 442 combos (cached between runs)."""
+def build_archive(root: Path, files: int, combos: int, times: int = 2) -> Path:
+    """17 models over 14 institutions, ``combos // 17`` experiments each (442 combos: 26), cached
+    between runs."""
     from icechunk_operator.synthetic import plan_archive, write_archive
 
-    marker = root / f".complete-{files}-{combos}-v1"
+    marker = root / (
+        f".complete-{files}-{combos}-v1" if times == 2 else f".complete-{files}-{combos}-t{times}-v1"
+    )
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
@@ -36,7 +39,7 @@ def build_archive(root: Path, files: int, combos: int) -> Path:
         root, institutions=14, models=17, experiments=experiments, total_files=files, seed=6
     )
     started = time.perf_counter()
-    write_archive(layout, resolution_km=32, times=2)
+    write_archive(layout, resolution_km=32, times=times)
     print(f"  generated {len(layout.files)} files in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     marker.touch()
     return root

@@ -192,6 +192,15 @@ class ExecutionSpec(ApiModel):
     files_per_task: int = Field(
         default=0, ge=0, le=10000, description="Files per Dask task; 0 chooses automatically."
     )
+    files_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Files each worker process fetches ahead of its parser (the first MiB of each: "
+        "memory per worker is about this many MiB). On object storage a parse waits on round trips; "
+        "with several files in flight the worker parses while the next files arrive. 1 fetches "
+        "each file only when its parse starts.",
+    )
     commit_memory: str = Field(default="2Gi", description="Memory of the commit pod (Kubernetes).")
     commit_cpu: str = Field(default="1", description="CPU of the commit pod (Kubernetes).")
     deadline_seconds: int = Field(

@@ -103,6 +103,16 @@ class RepositoryConfigSpec(ApiModel):
         "NetCDF files are a few kilobytes: inlined, they cost no object to write and no request to read.",
     )
     manifest_splitting: list[ManifestSplitSpec] = Field(default_factory=list)
+    commit_concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=256,
+        description="Manifests a commit writes (and fetches) at the same time. A commit writes one "
+        "manifest per changed array; on object storage each is a round trip, and Icechunk's own "
+        "default, 1, makes a commit of 2,000 new groups wait for some 6,600 of them in a row. Memory "
+        "grows with this times the size of a manifest (kilobytes for NetCDF archives; lower it for "
+        "arrays of millions of chunks).",
+    )
     spec_version: Literal[1, 2] = Field(
         default=2, description="Icechunk format; 1 keeps the store readable by Icechunk 1.x."
     )

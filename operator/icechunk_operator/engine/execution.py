@@ -2,7 +2,10 @@
 back to the single writer as they complete.
 
 Processes, not threads: VirtualiZarr's HDF5 parser holds the HDF5 library lock. Each task
-returns finished payloads (a few KB per group), so the writer does no parsing at all.
+returns finished payloads (a few KB per group), so the writer does no parsing at all. Within a
+task, the heads of the next ``files_in_flight`` files are fetched while the current one parses
+(:mod:`~icechunk_operator.engine.prefetch`), so on object storage a worker parses instead of
+waiting.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +25,7 @@ from icechunk_operator.api.batch import Combine
 from icechunk_operator.engine.documents import GroupPayload, build_payload
 from icechunk_operator.engine.objects import cached_registry
 from icechunk_operator.engine.planning import GroupWork
+from icechunk_operator.engine.prefetch import Head, HeadPrefetcher
 from icechunk_operator.engine.records import FailureRecord, SourceFile
 from icechunk_operator.engine.virtualize import (
     UnusableFileError,
@@ -56,13 +61,21 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _with_retries(
-    source: SourceFile, options: VirtualizeOptions, registry: Any, retries: int
+    source: SourceFile,
+    options: VirtualizeOptions,
+    registry: Any,
+    retries: int,
+    prefetcher: HeadPrefetcher,
+    prefetched: Future[Head | None],
 ) -> tuple[xr.Dataset | None, FailureRecord | None]:
+    """The first attempt parses the prefetched head (a failed prefetch is that attempt's
+    error); a retry fetches the head again itself."""
     attempt = 0
     while True:
         attempt += 1
         try:
-            return virtualize_file(source, options, registry), None
+            head = prefetched.result() if attempt == 1 else prefetcher.fetch(source)
+            return virtualize_file(source, options, registry, head), None
         except Exception as error:  # every file ends as a dataset or a failure record
             if is_transient(error) and attempt <= retries:
                 delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** (attempt - 1))
@@ -91,13 +104,22 @@ def combine_datasets(datasets: Sequence[xr.Dataset], combine: Combine, dimension
 
 
 def virtualize_group(
-    work: GroupWork, options: VirtualizeOptions, registry: Any, retries: int
+    work: GroupWork,
+    options: VirtualizeOptions,
+    registry: Any,
+    retries: int,
+    prefetcher: HeadPrefetcher,
+    heads: Generator[tuple[SourceFile, Future[Head | None]], None, None],
 ) -> GroupOutcome:
+    """``heads`` yields the prefetched heads of this group's files, in order."""
     started = time.perf_counter()
     outcome = GroupOutcome(work.group, work.size, None)
     good: list[tuple[SourceFile, xr.Dataset]] = []
     for source in work.files:
-        ds, failure = _with_retries(source, options, registry, retries)
+        fetched, prefetched = next(heads)
+        if fetched != source:
+            raise RuntimeError(f"prefetch out of order: {fetched.url} for {source.url}")
+        ds, failure = _with_retries(source, options, registry, retries, prefetcher, prefetched)
         if failure is not None:
             outcome.failures.append(_in_group(failure, work.group))
         elif ds is not None:
@@ -123,11 +145,20 @@ def _in_group(failure: FailureRecord, group: str) -> FailureRecord:
 
 
 def virtualize_task(
-    works: list[GroupWork], options: VirtualizeOptions, containers_json: str, retries: int
+    works: list[GroupWork],
+    options: VirtualizeOptions,
+    containers_json: str,
+    retries: int,
+    files_in_flight: int = 1,
 ) -> list[GroupOutcome]:
     """The Dask task: a handful of groups, each to a payload or failure records."""
     registry = cached_registry(containers_json)
-    return [virtualize_group(work, options, registry, retries) for work in works]
+    prefetcher = HeadPrefetcher(registry, files_in_flight)
+    heads = prefetcher.stream(source for work in works for source in work.files)
+    try:
+        return [virtualize_group(work, options, registry, retries, prefetcher, heads) for work in works]
+    finally:
+        heads.close()  # joins the prefetch threads
 
 
 def make_tasks(work: Sequence[GroupWork], files_per_task: int) -> list[list[GroupWork]]:
@@ -145,9 +176,13 @@ def make_tasks(work: Sequence[GroupWork], files_per_task: int) -> list[list[Grou
     return tasks
 
 
-def auto_files_per_task(total_files: int, workers: int) -> int:
-    """Enough tasks to keep every worker busy and stream results, few enough to keep overhead low."""
-    return max(1, min(32, total_files // max(1, workers * 8)))
+def auto_files_per_task(total_files: int, workers: int, files_in_flight: int = 1) -> int:
+    """Enough tasks to keep every worker busy and stream results, few enough to keep overhead low.
+
+    Each task starts with an empty prefetch window (one round trip before its first parse), so
+    a task holds at least four windows' worth of files when the archive allows it."""
+    ceiling = max(32, 4 * files_in_flight)
+    return max(1, min(ceiling, total_files // max(1, workers * 8)))
 
 
 @contextmanager
@@ -177,12 +212,15 @@ def stream_outcomes(
     options: VirtualizeOptions,
     containers_json: str,
     retries: int,
+    files_in_flight: int = 1,
 ) -> Iterator[GroupOutcome]:
     """Outcomes in completion order; a task that crashed becomes failure records, not a crash."""
     from distributed import as_completed
 
     futures = {
-        client.submit(virtualize_task, works, options, containers_json, retries, pure=False): works
+        client.submit(
+            virtualize_task, works, options, containers_json, retries, files_in_flight, pure=False
+        ): works
         for works in tasks
     }
     for future in as_completed(futures):

@@ -150,7 +150,9 @@ def run_batch(
     )
     execution = batch.spec.execution
     worker_count = workers or execution.workers
-    per_task = execution.files_per_task or auto_files_per_task(plan.files_to_ingest, worker_count)
+    per_task = execution.files_per_task or auto_files_per_task(
+        plan.files_to_ingest, worker_count, execution.files_in_flight
+    )
     started = time.perf_counter()
     virtualize_seconds = 0.0
     try:
@@ -168,6 +170,7 @@ def run_batch(
                     virtualize_options(batch),
                     containers_key(store.spec.virtual_chunk_containers),
                     execution.retries,
+                    execution.files_in_flight,
                 )
                 for outcome in outcomes:
                     virtualize_seconds += outcome.seconds

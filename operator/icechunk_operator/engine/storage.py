@@ -151,7 +151,7 @@ def container_credentials(location: ObjectStoreLocation, url_prefix: str) -> Any
 
 def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
     cfg = spec.config
-    manifest = None
+    splitting = None
     if cfg.manifest_splitting:
         sizes = tuple(
             (
@@ -160,9 +160,11 @@ def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
             )
             for split in cfg.manifest_splitting
         )
-        manifest = icechunk.ManifestConfig(
-            splitting=icechunk.ManifestSplittingConfig.from_dict({cond: dict(dims) for cond, dims in sizes})
-        )
+        splitting = icechunk.ManifestSplittingConfig.from_dict({cond: dict(dims) for cond, dims in sizes})
+    manifest = icechunk.ManifestConfig(
+        splitting=splitting,
+        max_concurrent_manifest_fetches_during_commit=cfg.commit_concurrency,
+    )
     config = icechunk.RepositoryConfig(
         inline_chunk_threshold_bytes=cfg.inline_threshold_bytes,
         compression=icechunk.CompressionConfig(

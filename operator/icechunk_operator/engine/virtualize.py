@@ -18,6 +18,7 @@ import numpy as np
 import xarray as xr
 
 from icechunk_operator.engine.fixes import resolve_fix
+from icechunk_operator.engine.prefetch import HDF5_BLOCK_BYTES, Head, HeadStore
 from icechunk_operator.engine.records import SourceFile
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -72,9 +73,7 @@ def _read_head(store: Any, path: str, length: int) -> bytes:
     if isinstance(store, LocalStore) and store.prefix is None:
         with open("/" + path, "rb") as file:  # a system call, not an object-store request
             return file.read(length)
-    import obstore
-
-    return bytes(obstore.get_range(store, path, start=0, length=length))
+    return bytes(store.get_range(path, start=0, length=length))
 
 
 def make_parser(kind: str) -> Any:
@@ -85,20 +84,43 @@ def make_parser(kind: str) -> Any:
 
 def _native_local_reader(store: Any, path: str) -> Any:
     """Local files go to HDF5 by path: its own I/O is a third faster than reads through Python.
-    Object stores keep VirtualiZarr's buffered obstore reader."""
+    Object stores keep VirtualiZarr's block reader, in small blocks over a prefetched head."""
     from obspec_utils.readers import BlockStoreReader
     from obstore.store import LocalStore
 
     if isinstance(store, LocalStore) and store.prefix is None:
         return "/" + path
+    if isinstance(store, HeadStore):
+        served: Any = store  # the part of obspec's Store that the block reader calls
+        return BlockStoreReader(served, path, block_size=HDF5_BLOCK_BYTES)
     return BlockStoreReader(store, path)
 
 
-def virtualize_file(source: SourceFile, options: VirtualizeOptions, registry: Any) -> xr.Dataset:
-    """The file as a Dataset of ManifestArrays (virtual) and numpy arrays (loadable)."""
+class _OneFileRegistry:
+    """The batch's registry, except that one file is read through its prefetched head."""
+
+    def __init__(self, registry: Any, url: str, store: HeadStore, path: str) -> None:
+        self._registry = registry
+        self._url = url
+        self._resolved = (store, path)
+
+    def resolve(self, url: str) -> tuple[Any, str]:
+        return self._resolved if url == self._url else self._registry.resolve(url)
+
+
+def virtualize_file(
+    source: SourceFile, options: VirtualizeOptions, registry: Any, head: Head | None = None
+) -> xr.Dataset:
+    """The file as a Dataset of ManifestArrays (virtual) and numpy arrays (loadable).
+
+    With ``head`` (the file's first bytes, fetched ahead) the parse reads from memory and asks
+    the store only for what lies beyond it."""
     if source.size == 0:
         raise EmptyFileError("file is empty (0 bytes)")
     store, path = registry.resolve(source.url)
+    if head is not None:
+        store = HeadStore(store, path, head)
+        registry = _OneFileRegistry(registry, source.url, store, path)
     kind = options.parser
     if kind == "auto":
         kind = sniff_format(_read_head(store, path, min(8, source.size)))
@@ -188,8 +210,6 @@ def _time_decoding_error(units: object, calendar: object, first: float, last: fl
 def load_arrays(arrays: dict[str, Any], store: Any, path: str, manifest_store: Any) -> dict[str, np.ndarray]:
     """Values of small arrays. Uncompressed single-chunk arrays (coordinates, almost always) are
     read as byte ranges in one request; anything else goes through zarr's decoding."""
-    import obstore
-
     direct: dict[str, tuple[np.dtype, tuple[int, ...], int, int]] = {}
     for name, array in arrays.items():
         layout = _raw_layout(array)
@@ -199,7 +219,7 @@ def load_arrays(arrays: dict[str, Any], store: Any, path: str, manifest_store: A
     if direct:
         starts = [offset for _, _, offset, _ in direct.values()]
         ends = [offset + length for _, _, offset, length in direct.values()]
-        buffers = obstore.get_ranges(store, path, starts=starts, ends=ends)
+        buffers = store.get_ranges(path, starts=starts, ends=ends)
         for (name, (dtype, shape, _, _)), buffer in zip(direct.items(), buffers, strict=True):
             raw = np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape)
             values[name] = raw.astype(dtype.newbyteorder("="))
