@@ -8,7 +8,7 @@ of the parser, on a small thread pool (obstore releases the GIL while it waits).
 reads from memory through :class:`HeadStore`; a read beyond the head still goes to the real store
 and is counted, so a head too short for some file costs requests, never correctness.
 
-Memory per worker is bounded by ``files_in_flight * head_bytes``.
+Memory per worker is bounded by ``files_in_flight + 1`` heads: 256 KiB each, 1 MiB for NetCDF3.
 """
 
 from __future__ import annotations
