@@ -72,12 +72,12 @@ class S3Server:
     log: Path
     pid: int
 
-    def client(self, endpoint: str | None = None) -> Any:
+    def client(self) -> Any:
         import boto3
 
         return boto3.client(
             "s3",
-            endpoint_url=endpoint or self.endpoint,
+            endpoint_url=self.endpoint,
             aws_access_key_id=S3_KEY,
             aws_secret_access_key=S3_SECRET,
             region_name="us-east-1",

@@ -2,10 +2,10 @@
 
 An ISMIP6-shaped archive (2,000 files by default over 85 institution/model/experiment batches,
 about 23 files each as in ISMIP6; the full 191 x 191 grid, 10 time steps) is uploaded to a real
-S3-compatible server (versitygw, a Go server: moto's several milliseconds of Python per request
-would be the bottleneck at 0 ms and flatter every ratio); the store lives in the same server. Every request of the ingest (the
-workers' reads, the writer's commits, the listing) goes through toxiproxy, with a latency toxic of
-0, 20 and 50 ms on each response. For each latency the benchmark prints files/s, seconds per
+S3-compatible server, versitygw on tmpfs (a Go server: moto's several milliseconds of Python per
+request would be the bottleneck at 0 ms and flatter every ratio); the store lives in the same
+server. Every request of the ingest (the workers' reads, the writer's commits, the listing) goes
+through toxiproxy, with a latency toxic of 0, 20 and 50 ms on each response. For each latency the benchmark prints files/s, seconds per
 stage, requests per file (counted in the server's log, split into source reads and store
 requests), commit seconds per 1,000 groups and the peak memory of the writer and of a worker.
 
@@ -29,12 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from icechunk_operator.engine.execution import dask_client
 from tests.bench.ingest import CACHE, build_archive
 from tests.servers import S3_KEY, S3_SECRET, S3Server, Toxiproxy, count_requests, toxiproxy, versitygw_server
 
@@ -92,25 +91,6 @@ def resources(endpoint: str, store_prefix: str, *, seed_style: bool = False) -> 
     return store, batch
 
 
-@contextmanager
-def local_cluster(workers: int) -> Iterator[Any]:
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -126,7 +106,7 @@ def ingest_child(endpoint: str, store_prefix: str, workers: int, files_in_flight
     quiet_logs()
     store, batch = resources(endpoint, store_prefix)
     batch.spec.execution.files_in_flight = files_in_flight
-    with local_cluster(workers) as client:
+    with dask_client(None, workers, 1) as client:
         started = time.perf_counter()
         report = run_batch(store, batch, scheduler=client.scheduler.address)
         wall = time.perf_counter() - started
@@ -204,7 +184,7 @@ def seed_child(endpoint: str, store_prefix: str, workers: int, batches: int) -> 
     repo = open_repository(store.spec)
     files = done = 0
     commit_seconds = 0.0
-    with local_cluster(workers) as client:
+    with dask_client(None, workers, 1) as client:
         for key in chosen:
             members = by_batch[key]
             futures = client.map(_seed_virtualize, [u for u, _ in members], endpoint=endpoint, pure=False)

@@ -196,10 +196,10 @@ class ExecutionSpec(ApiModel):
         default=16,
         ge=1,
         le=256,
-        description="Files each worker process fetches ahead of its parser (the first MiB of each: "
-        "memory per worker is about this many MiB). On object storage a parse waits on round trips; "
-        "with several files in flight the worker parses while the next files arrive. 1 fetches "
-        "each file only when its parse starts.",
+        description="Files each worker process fetches ahead of its parser (the first 256 KiB of "
+        "each, 1 MiB of a NetCDF3 file, held in memory until parsed). On object storage a parse "
+        "waits on round trips; with several files in flight the worker parses while the next files "
+        "arrive. 1 fetches each file only when its parse starts.",
     )
     commit_memory: str = Field(default="2Gi", description="Memory of the commit pod (Kubernetes).")
     commit_cpu: str = Field(default="1", description="CPU of the commit pod (Kubernetes).")
