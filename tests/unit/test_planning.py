@@ -98,3 +98,14 @@ def test_removing_unknown_or_already_removed_files_changes_nothing() -> None:
     ledger = {a1.url: entry(a1, "s1")}
     plan = plan_ingest([], without(ledger, ["s3://b/data/s9/x.nc"]), CONCAT)
     assert plan_removals(plan, ["s3://b/data/s9/x.nc"], ledger, CONCAT) == [] and plan.work == []
+
+
+def test_tasks_hold_several_prefetch_windows_when_the_archive_allows() -> None:
+    """Each task starts with an empty read-ahead window, so tasks grow with filesInFlight; small
+    archives still give every worker several tasks."""
+    from icechunk_operator.engine.execution import auto_files_per_task
+
+    assert auto_files_per_task(10_034, workers=2) == 32
+    assert auto_files_per_task(10_034, workers=2, files_in_flight=16) == 64
+    assert auto_files_per_task(200, workers=2, files_in_flight=16) == 12
+    assert auto_files_per_task(3, workers=2, files_in_flight=16) == 1

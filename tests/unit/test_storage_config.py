@@ -72,3 +72,30 @@ def test_each_container_kind_gives_a_config_and_credentials_icechunk_accepts(
         icechunk.in_memory_storage(), config=config, authorize_virtual_chunk_access=authorized
     )
     assert list(repo.config.virtual_chunk_containers or {}) == [prefix]
+
+
+def test_commit_concurrency_reaches_the_repository_config(tmp_path: Path) -> None:
+    """The store's commitConcurrency is the manifest concurrency of Icechunk's commits, kept
+    beside manifest splitting, and a repository created with it stores it."""
+    spec = IcechunkStoreSpec.model_validate(
+        {
+            "storage": {"url": (tmp_path / "store").as_uri()},
+            "virtualChunkContainers": [{"urlPrefix": "file:///data/"}],
+            "config": {
+                "commitConcurrency": 16,
+                "manifestSplitting": [{"pathRegex": ".*", "dimension": "time", "size": 100}],
+            },
+        }
+    )
+    config = build_config(spec)
+    assert config.manifest is not None
+    assert config.manifest.max_concurrent_manifest_fetches_during_commit == 16
+    assert config.manifest.splitting is not None
+    default = build_config(spec_with({"urlPrefix": "file:///data/"}))
+    assert default.manifest is not None
+    assert default.manifest.max_concurrent_manifest_fetches_during_commit == 64
+
+    icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "store")), config=config)
+    stored = icechunk.Repository.fetch_config(icechunk.local_filesystem_storage(str(tmp_path / "store")))
+    assert stored is not None and stored.manifest is not None
+    assert stored.manifest.max_concurrent_manifest_fetches_during_commit == 16
