@@ -7,7 +7,6 @@ Servers listen on free loopback ports and fixtures wait until they answer; nothi
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from tests.servers import (
     S3Server,
     Toxiproxy,
     free_port,
+    listening_or_ended,
     s3_server,
     stop_process,
     toxiproxy,
@@ -88,13 +88,9 @@ def toxiproxy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Toxip
 
 
 @pytest.fixture
-def proxied_s3(
-    toxiproxy_server: Toxiproxy, s3_server_process: S3Server, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ProxiedS3]:
-    """A fresh proxy in front of the S3 server per test, its toxics removed at the end."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def proxied_s3(toxiproxy_server: Toxiproxy, s3_server_process: S3Server, s3_env: str) -> Iterator[ProxiedS3]:
+    """A fresh proxy in front of the S3 server per test (with the S3 keys in the environment),
+    removed at the end with its toxics."""
     name = f"s3-{uuid.uuid4().hex[:8]}"
     endpoint = toxiproxy_server.proxy(name, s3_server_process.endpoint.removeprefix("http://"))
     proxied = ProxiedS3(toxiproxy_server, name, endpoint, s3_server_process)
@@ -130,15 +126,8 @@ def azure_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     endpoint = f"http://127.0.0.1:{port}/{AZURE_ACCOUNT}"
 
-    def answers() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return process.poll() is not None  # ended: fail below with its log, not a timeout
-
     try:
-        wait_until(answers, what="Azurite")
+        wait_until(lambda: listening_or_ended(port, process), what="Azurite")
         if process.poll() is not None:
             raise RuntimeError(f"Azurite ended at start: {(folder / 'azurite.log').read_text()[-2000:]}")
         yield endpoint

@@ -58,6 +58,15 @@ def stop_process(process: subprocess.Popen[Any], grace: float = 5.0) -> None:
         process.wait(grace)
 
 
+def listening_or_ended(port: int, process: subprocess.Popen[Any]) -> bool:
+    """The server accepts connections, or it has ended (then fail with its log, not a timeout)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return process.poll() is not None
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1):
@@ -133,15 +142,8 @@ def versitygw_server(folder: Path) -> Iterator[S3Server]:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
 
-    def listening() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return True
-        except OSError:
-            return process.poll() is not None
-
     try:
-        wait_until(listening, what="versitygw")
+        wait_until(lambda: listening_or_ended(port, process), what="versitygw")
         if process.poll() is not None:
             raise RuntimeError(f"versitygw ended at start: {log.read_text()[-2000:]}")
         yield S3Server(endpoint, log, process.pid)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from icechunk_operator.engine.execution import dask_client
-from tests.bench.ingest import CACHE, build_archive
+from tests.bench.ingest import CACHE, bench_resources, build_archive
 from tests.servers import S3_KEY, S3_SECRET, S3Server, Toxiproxy, count_requests, toxiproxy, versitygw_server
 
 FILES = 2000
@@ -55,40 +55,15 @@ def credentials_env() -> dict[str, str]:
 
 
 def resources(endpoint: str, store_prefix: str, *, seed_style: bool = False) -> tuple[Any, Any]:
-    from icechunk_operator.api import IcechunkStore, IngestBatch
-    from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
-
-    location = {"endpoint": endpoint, **LOCATION}
-    root = f"s3://{SOURCE_BUCKET}/"
     # The seed ran with Icechunk's defaults: chunks above 512 bytes are objects of their own,
     # and a commit writes one manifest at a time.
     config = {"inlineThresholdBytes": 512, "commitConcurrency": 1} if seed_style else {}
-    store = IcechunkStore.model_validate(
-        {
-            "kind": "IcechunkStore",
-            "metadata": {"name": "bench"},
-            "spec": {
-                "storage": {"url": f"s3://{STORE_BUCKET}/{store_prefix}", **location},
-                "virtualChunkContainers": [{"urlPrefix": root, **location}],
-                "config": config,
-            },
-        }
+    return bench_resources(
+        f"s3://{SOURCE_BUCKET}/",
+        f"s3://{STORE_BUCKET}/{store_prefix}",
+        location={"endpoint": endpoint, **LOCATION},
+        store_config=config,
     )
-    batch = IngestBatch.model_validate(
-        {
-            "kind": "IngestBatch",
-            "metadata": {"name": "bench"},
-            "spec": {
-                "store": "bench",
-                "source": {"prefix": root + "Projection-AIS/"},
-                "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
-                "virtualization": {"fixes": ["ismip6"], "split": {"dimension": "time"}},
-                "execution": {"workers": 2},
-                "failures": {"maxFailedFraction": 0.01},
-            },
-        }
-    )
-    return store, batch
 
 
 def _peak_rss_mb() -> float:

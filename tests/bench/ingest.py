@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ISMIP6_FILES = 10_034
 ISMIP6_BATCHES = 442  # (institution, model, experiment) combinations
@@ -45,24 +46,29 @@ def build_archive(root: Path, files: int, combos: int, times: int = 2) -> Path:
     return root
 
 
-def ingest_once(
-    archive: Path, store: Path, workers: int, every_groups: int, inline_threshold: int = 8192
-) -> dict[str, object]:
+def bench_resources(
+    root: str,
+    store_url: str,
+    *,
+    location: dict[str, Any] | None = None,
+    store_config: dict[str, Any] | None = None,
+    execution: dict[str, Any] | None = None,
+    commit: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """The benchmarks' store and batch: the ISMIP6 layout under ``root``, its fixes, one virtual
+    chunk per time step; ``location`` places store and sources on an object-storage server."""
     from icechunk_operator.api import IcechunkStore, IngestBatch
     from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
-    from icechunk_operator.engine.runner import run_batch
-    from icechunk_operator.engine.storage import quiet_logs
 
-    quiet_logs()
-    root = archive.resolve().as_uri() + "/"
-    store_model = IcechunkStore.model_validate(
+    where = location or {}
+    store = IcechunkStore.model_validate(
         {
             "kind": "IcechunkStore",
             "metadata": {"name": "bench"},
             "spec": {
-                "storage": {"url": store.as_uri()},
-                "virtualChunkContainers": [{"urlPrefix": root}],
-                "config": {"inlineThresholdBytes": inline_threshold},
+                "storage": {"url": store_url, **where},
+                "virtualChunkContainers": [{"urlPrefix": root, **where}],
+                "config": store_config or {},
             },
         }
     )
@@ -75,11 +81,28 @@ def ingest_once(
                 "source": {"prefix": root + "Projection-AIS/"},
                 "grouping": {"pattern": ISMIP6_PATTERN, "template": ISMIP6_TEMPLATE},
                 "virtualization": {"fixes": ["ismip6"], "split": {"dimension": "time"}},
-                "execution": {"workers": workers},
-                "commit": {"everyGroups": every_groups},
+                "execution": execution or {"workers": 2},
+                "commit": commit or {},
                 "failures": {"maxFailedFraction": 0.01},
             },
         }
+    )
+    return store, batch
+
+
+def ingest_once(
+    archive: Path, store: Path, workers: int, every_groups: int, inline_threshold: int = 8192
+) -> dict[str, object]:
+    from icechunk_operator.engine.runner import run_batch
+    from icechunk_operator.engine.storage import quiet_logs
+
+    quiet_logs()
+    store_model, batch = bench_resources(
+        archive.resolve().as_uri() + "/",
+        store.as_uri(),
+        store_config={"inlineThresholdBytes": inline_threshold},
+        execution={"workers": workers},
+        commit={"everyGroups": every_groups},
     )
     started = time.perf_counter()
     report = run_batch(store_model, batch)

@@ -120,19 +120,14 @@ class HeadStore:
         lengths: Sequence[int] | None = None,
     ) -> list[bytes]:
         stops = self._ends(starts, ends, lengths)
-        results: list[bytes | None] = [
-            self._served(s, e) if path == self._path else None for s, e in zip(starts, stops, strict=True)
-        ]
-        missing = [i for i, r in enumerate(results) if r is None]
+        results, missing = self._serve_ranges(path, starts, stops)
         if missing:
             # One call for all of them: obstore coalesces nearby ranges and fetches concurrently.
-            self.misses += 1
             fetched = self._store.get_ranges(
                 path, starts=[starts[i] for i in missing], ends=[stops[i] for i in missing]
             )
-            for index, data in zip(missing, fetched, strict=True):
-                results[index] = bytes(data)
-        return [r if r is not None else b"" for r in results]
+            return self._fill(results, missing, fetched)
+        return [r or b"" for r in results]
 
     async def get_ranges_async(
         self,
@@ -143,11 +138,31 @@ class HeadStore:
         lengths: Sequence[int] | None = None,
     ) -> list[bytes]:
         stops = self._ends(starts, ends, lengths)
-        if path == self._path and all(e <= len(self._head.data) for e in stops):
-            return [self._head.data[s:e] for s, e in zip(starts, stops, strict=True)]
-        self.misses += 1
-        fetched = await self._store.get_ranges_async(path, starts=list(starts), ends=list(stops))
-        return [bytes(data) for data in fetched]
+        results, missing = self._serve_ranges(path, starts, stops)
+        if missing:
+            fetched = await self._store.get_ranges_async(
+                path, starts=[starts[i] for i in missing], ends=[stops[i] for i in missing]
+            )
+            return self._fill(results, missing, fetched)
+        return [r or b"" for r in results]
+
+    def _serve_ranges(
+        self, path: str, starts: Sequence[int], stops: Sequence[int]
+    ) -> tuple[list[bytes | None], list[int]]:
+        """The ranges the head holds, and the indexes of those it does not (counted as one miss)."""
+        results = [
+            self._served(s, e) if path == self._path else None for s, e in zip(starts, stops, strict=True)
+        ]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            self.misses += 1
+        return results, missing
+
+    @staticmethod
+    def _fill(results: list[bytes | None], missing: list[int], fetched: Iterable[Any]) -> list[bytes]:
+        for index, data in zip(missing, fetched, strict=True):
+            results[index] = bytes(data)
+        return [r or b"" for r in results]
 
     def _ends(
         self, starts: Sequence[int], ends: Sequence[int] | None, lengths: Sequence[int] | None
