@@ -14,6 +14,7 @@ lint: setup
 	$(VENV)/bin/ruff check operator tests
 	$(VENV)/bin/ruff format --check operator tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 test: lint control-plane chart-tools toxiproxy
 	$(PY) -m pytest -q
@@ -61,10 +62,11 @@ image:
 	@engine=$$(command -v docker || command -v podman) || { echo "make image: no docker or podman here"; exit 1; }; \
 	$$engine build -f worker_image/Dockerfile -t $(IMAGE) .
 
-# Keep the image's lock within the development lock after changing dependencies.
+# Keep the image's lock within the development lock after changing dependencies. The image holds
+# the dask-operator extra: the chart runs the Dask operator's controller from it.
 image-lock: setup
 	UV_CACHE_DIR=$${ICECHUNK_OPERATOR_CACHE:-$$HOME/.cache/icechunk-operator}/uv $(VENV)/bin/uv pip compile pyproject.toml \
-		--python-version 3.13 -c requirements-dev.lock -o worker_image/requirements.lock --no-header -q
+		--extra dask-operator --python-version 3.13 -c requirements-dev.lock -o worker_image/requirements.lock --no-header -q
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

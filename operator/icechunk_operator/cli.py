@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from icechunk_operator import __version__
+from icechunk_operator.exiting import ExitCode, one_line_error
 
-EXIT_OK = 0
-EXIT_BATCH_FAILED = 1
-EXIT_INVALID_SPEC = 2
+EXIT_OK, EXIT_BATCH_FAILED, EXIT_INVALID_SPEC = ExitCode.OK, ExitCode.BATCH_FAILED, ExitCode.REFUSED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +185,7 @@ def _reconcile(path: Path, only: list[str] | None) -> int:
         return EXIT_INVALID_SPEC
     resources, chosen = loaded
     batches = {batch.metadata.name: batch for batch in resources.batches}
-    exit_code = EXIT_OK
+    exit_code: int = EXIT_OK
     for reconciliation in chosen:
         name = reconciliation.metadata.name
         store = resources.stores[reconciliation.spec.store]
@@ -227,8 +226,9 @@ def _crds(folder: Path) -> int:
 
 
 def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int:
-    import os
     import random
+
+    from icechunk_operator.k8s.settings import OperatorSettings
 
     # Kopf recognises objects of optional client libraries by importing them when they are
     # installed (dask-kubernetes brings kubernetes_asyncio): 80 MB and 3 s at start for types
@@ -245,24 +245,34 @@ def _operator(namespaces: list[str], liveness: str | None, verbose: bool) -> int
     # Deployment therefore draw distinct priorities; the highest works and the others wait until
     # its keep-alives stop (a tie pauses both, which is safe, until one restarts). Peering must be
     # given to kopf.run itself: set later, in a startup handler, it would not pause the watchers.
-    peering = os.environ.get("ICECHUNK_OPERATOR_PEERING") or None
-    priority = os.environ.get("ICECHUNK_OPERATOR_PEERING_PRIORITY")
+    settings = OperatorSettings.from_env()
+    peering, priority = settings.peering, settings.peering_priority
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=liveness,
         standalone=peering is None,
         peering_name=peering,
-        priority=(int(priority) if priority else random.randint(1, 1_000_000)) if peering else None,
+        priority=(priority if priority is not None else random.randint(1, 1_000_000)) if peering else None,
     )
     return EXIT_OK
 
 
 def _in_cluster(pod: str, reference: str, scheduler: str | None = None) -> int:
-    """The commit, reconcile or maintenance pod, logging to stderr for ``kubectl logs``."""
+    """The commit, reconcile or maintenance pod, logging to stderr for ``kubectl logs``. An
+    exception nothing caught is a crash (exit 3, retried by the Job), never exit 1, which the
+    commit Job reads as "beyond the failure tolerance" and does not retry."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return _run_pod(pod, reference, scheduler)
+    except Exception:
+        logging.getLogger("icechunk_operator.pod").exception("%s pod for %s crashed", pod, reference)
+        return ExitCode.CRASHED
+
+
+def _run_pod(pod: str, reference: str, scheduler: str | None) -> int:
     if pod == "commit":
         from icechunk_operator.k8s.commit_pod import run_commit_pod
 
@@ -298,7 +308,7 @@ def run_file(
     if loaded is None:
         return EXIT_INVALID_SPEC
     resources, batches = loaded
-    exit_code = EXIT_OK
+    exit_code: int = EXIT_OK
     for batch in batches:
         code = _run_batch(resources.stores[batch.spec.store], batch, scheduler=scheduler, workers=workers)
         if code == EXIT_INVALID_SPEC:
@@ -309,20 +319,41 @@ def run_file(
 
 def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers: int | None = None) -> int:
     """One batch with a progress bar and a summary table; the exit code it earns."""
+    import traceback
+
+    from icechunk_operator.engine.errors import Refused
     from icechunk_operator.engine.runner import run_batch
-    from icechunk_operator.engine.templates import GroupPathError
-    from icechunk_operator.engine.urls import SourceOutsideContainersError
+    from icechunk_operator.k8s.settings import PodSettings
     from icechunk_operator.progress import make_progress, summary_table
 
     progress = make_progress()
+    name = batch.metadata.name
     try:
         report = run_batch(store, batch, scheduler=scheduler, workers=workers, on_progress=progress)
-    except (SourceOutsideContainersError, GroupPathError) as error:
-        print(f"IngestBatch {batch.metadata.name}: {error}", file=sys.stderr)
+    except Refused as error:
+        print(f"IngestBatch {name}: {error}", file=sys.stderr)
         return EXIT_INVALID_SPEC
+    except Exception as error:  # a crash: one line, the traceback only when asked for
+        progress.close()
+        if PodSettings.from_env().traceback:
+            traceback.print_exc()
+        print(
+            f"IngestBatch {name}: crashed: {one_line_error(error)}\n"
+            f"  Nothing committed is lost: run the same command again to resume from the last commit "
+            f"(set ICECHUNK_OPERATOR_TRACEBACK=1 to see the traceback).",
+            file=sys.stderr,
+        )
+        return ExitCode.CRASHED
     finally:
         progress.close()
     print(summary_table(report))
+    if not report.succeeded:
+        print(
+            f"IngestBatch {name} failed: {report.error or 'more files failed than spec.failures allows'}.\n"
+            "  To retry, fix the cause and run the same command again: "
+            "it skips what is committed and resumes from the ledger.",
+            file=sys.stderr,
+        )
     return EXIT_OK if report.succeeded else EXIT_BATCH_FAILED
 
 

@@ -13,7 +13,25 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from enum import IntEnum
 from typing import NoReturn
+
+
+class ExitCode(IntEnum):
+    """What every command's exit code means, on a laptop and in a pod alike. A Job fails at once
+    on 1 and 2 (retrying cannot help) and retries anything else, which is a crash."""
+
+    OK = 0
+    BATCH_FAILED = 1  # more files failed than the batch tolerates, or a store differs from its source
+    REFUSED = 2  # the spec or its inputs are refused; the message names the field
+    CRASHED = 3  # an uncaught exception; signals and OOM kills give 128+n, also crashes
+
+
+def one_line_error(error: BaseException) -> str:
+    """An error for status, Events and the terminal: its class and first line, nothing longer
+    (a traceback belongs in a log; a long message would be cut by the API anyway)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}"[:512]
 
 
 def exit_now(code: int) -> NoReturn:

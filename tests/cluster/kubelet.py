@@ -60,6 +60,8 @@ class FakeKubelet:
     _thread: threading.Thread | None = None
     errors: list[str] = field(default_factory=list)
     held: set[str] = field(default_factory=set)  # namespaces whose commit pods wait to be run
+    #: Extra environment for the pods of one namespace (a test's fault switch), after ``overrides``.
+    namespace_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def hold(self, namespace: str) -> None:
         """Leave commit pods of ``namespace`` Running without running them, until released."""
@@ -112,7 +114,7 @@ class FakeKubelet:
             code = run.process.poll()
             if code is not None and run.pod not in self._seen_done:
                 self._seen_done.add(run.pod)
-                self._report(run, code)
+                self._report(run, code if code >= 0 else 128 - code)  # a signal n exits 128+n
 
     def _bind(self, namespace: str, name: str) -> None:
         body = client.V1Binding(
@@ -142,6 +144,7 @@ class FakeKubelet:
         scratch.mkdir(parents=True, exist_ok=True)
         env.update({"HOME": str(scratch), "TMPDIR": str(scratch)})
         env.update(self.overrides)
+        env.update(self.namespace_env.get(namespace, {}))
         return env
 
     def _run(self, pod: Any) -> None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from icechunk_operator.api import IcechunkStore, IngestBatch
+from icechunk_operator.exiting import ExitCode
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import commit_job, dask_cluster
 from icechunk_operator.k8s.kube import map_patch
@@ -73,7 +74,20 @@ def test_data_failures_fail_the_job_at_once_while_crashes_retry() -> None:
     batch, store = resources()
     rules = commit_job(batch, store, OperatorSettings())["spec"]["podFailurePolicy"]["rules"]
     fail_job = next(r for r in rules if r["action"] == "FailJob")
-    assert fail_job["onExitCodes"]["values"] == [names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC]
+    assert fail_job["onExitCodes"]["values"] == [ExitCode.BATCH_FAILED, ExitCode.REFUSED] == [1, 2]
+    assert ExitCode.CRASHED not in fail_job["onExitCodes"]["values"]  # an uncaught exception is retried
+    assert (
+        commit_job(batch, store, OperatorSettings())["spec"]["backoffLimit"]
+        == batch.spec.execution.pod_retries
+    )
+
+
+def test_each_attempt_of_a_batch_has_a_job_of_its_own() -> None:
+    batch, store = resources()
+    first = commit_job(batch, store, OperatorSettings())["metadata"]["name"]
+    second = commit_job(batch, store, OperatorSettings(), attempt=1)["metadata"]["name"]
+    assert first == names.commit_job_name(batch.metadata.name) and second != first
+    assert second == names.commit_job_name(batch.metadata.name, 1)
 
 
 def test_pods_run_unprivileged_with_secrets_only_by_reference() -> None:

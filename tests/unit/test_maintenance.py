@@ -9,7 +9,6 @@ from icechunk_operator.api import IcechunkStore
 from icechunk_operator.k8s.maintenance import (
     REQUEST_ANNOTATION,
     due_maintenance,
-    failed_run,
     maintenance_job,
     started_status,
 )
@@ -83,14 +82,3 @@ def test_the_job_runs_the_maintenance_pod_as_the_store_owned_child() -> None:
     owner = manifest["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["uid"]) == ("IcechunkStore", "u-s")
     assert manifest["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
-
-
-def test_a_failed_job_is_recorded_only_while_its_run_is_the_current_one() -> None:
-    failed_job = {
-        "metadata": {"name": "s-maint-r1"},
-        "status": {"conditions": [{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}]},
-    }
-    running = store_body(job="s-maint-r1", result="Running")
-    assert failed_run(running, [failed_job]) == ("s-maint-r1", "BackoffLimitExceeded")
-    assert failed_run(store_body(job="s-maint-r1", result="Failed"), [failed_job]) is None
-    assert failed_run(store_body(job="s-maint-r2", result="Running"), [failed_job]) is None

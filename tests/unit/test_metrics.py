@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 
 from icechunk_operator.k8s.metrics import OperatorMetrics
-from icechunk_operator.k8s.queue import BatchView
+from icechunk_operator.k8s.views import BatchView
 
 
 def test_batches_by_phase_and_files_by_outcome_per_store() -> None:

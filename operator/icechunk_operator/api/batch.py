@@ -9,6 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from icechunk_operator.api import grouping
 from icechunk_operator.api.common import (
     ApiModel,
     Condition,
@@ -133,9 +134,7 @@ class GroupingSpec(ApiModel):
 
     @model_validator(mode="after")
     def _template_fields_exist(self) -> GroupingSpec:
-        from icechunk_operator.engine.templates import check_template
-
-        check_template(self.template, re.compile(self.pattern))
+        grouping.check_template(self.template, re.compile(self.pattern))
         return self
 
 
@@ -281,6 +280,12 @@ class IngestBatchStatus(ApiModel):
     mean_commit_seconds: float | None = Field(default=None, description="Mean time of one commit.")
     queue_position: int | None = Field(default=None, description="Batches ahead of this one on its store.")
     commit_job: str | None = Field(default=None, description="Name of the commit Job.")
+    attempt: int | None = Field(
+        default=None, description="Retries acted on; the commit Job of attempt N > 0 is <batch>-commit-rN."
+    )
+    last_retry_request: str | None = Field(
+        default=None, description="The value of the retry-requested annotation last acted on."
+    )
     dask_cluster: str | None = Field(default=None, description="Name of the DaskCluster.")
     start_time: datetime | None = None
     completion_time: datetime | None = None

@@ -51,6 +51,27 @@ def parse_resource(
         raise SpecError(format_validation_error(f"{where} ({kind} {name})", error)) from None
 
 
+def check_unique(
+    seen: dict[tuple[str, str], tuple[int, str | None]],
+    resource: IcechunkStore | IngestBatch | Reconciliation,
+    number: int,
+    path: Path,
+) -> None:
+    """Refuse a second resource of the same kind and name, which would silently replace the
+    first. In another namespace too: a file's references (``spec.store``,
+    ``spec.batchTemplate``) and the CLI name resources without one."""
+    key = (resource.kind, resource.metadata.name)
+    namespace = resource.metadata.namespace
+    if key in seen:
+        first, first_namespace = seen[key]
+        where = "" if first_namespace == namespace else f" (namespaces {first_namespace!r} and {namespace!r})"
+        raise SpecError(
+            f"{path}: documents {first} and {number} are both {resource.kind} {resource.metadata.name}"
+            f"{where}: names must be unique per kind in one file"
+        )
+    seen[key] = (number, namespace)
+
+
 def load_resources(path: Path) -> ResourceSet:
     """Read every resource in a YAML file; refuse the whole file on the first invalid one."""
     try:
@@ -58,10 +79,12 @@ def load_resources(path: Path) -> ResourceSet:
     except yaml.YAMLError as error:
         raise SpecError(f"{path}: not valid YAML: {error}") from None
     resources = ResourceSet()
+    seen: dict[tuple[str, str], tuple[int, str | None]] = {}
     for number, document in enumerate(documents, start=1):
         if not isinstance(document, dict):
             raise SpecError(f"{path} document {number}: expected a mapping")
         resource = parse_resource(document, f"{path} document {number}")
+        check_unique(seen, resource, number, path)
         if isinstance(resource, IcechunkStore):
             resources.stores[resource.metadata.name] = resource
         elif isinstance(resource, IngestBatch):

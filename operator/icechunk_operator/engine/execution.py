@@ -185,6 +185,36 @@ def auto_files_per_task(total_files: int, workers: int, files_in_flight: int = 1
     return max(1, min(ceiling, total_files // max(1, workers * 8)))
 
 
+class SchedulerUnreachable(ConnectionError):
+    """The Dask scheduler did not accept a connection within the wait; a crash, retried."""
+
+
+def wait_for_scheduler(address: str, timeout: float, poll: float = 1.0) -> None:
+    """Return once ``address`` (``tcp://host:port``) accepts TCP connections.
+
+    In a cluster the commit pod starts together with its DaskCluster, and the scheduler's Service
+    has no endpoint until the scheduler pod is ready: seconds to minutes, with an image to pull.
+    Dask's own connect timeout (30 s) would turn that into a failed pod; waiting here, with a
+    deadline of its own, does not.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    host, port = parts.hostname or "localhost", parts.port or 8786
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, timeout)):
+                return
+        except OSError as error:  # name not resolvable yet, refused, timed out
+            if time.monotonic() + poll > deadline:
+                raise SchedulerUnreachable(
+                    f"Dask scheduler {address} did not accept a connection in {timeout:.0f} s: {error}"
+                ) from None
+            time.sleep(poll)
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int, threads_per_worker: int) -> Iterator[Any]:
     from distributed import Client, LocalCluster

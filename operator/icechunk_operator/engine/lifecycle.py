@@ -1,9 +1,13 @@
 """Store lifecycle: history, tags, and expiring old snapshots followed by garbage collection.
 
-Expiry keeps what a reader may still need: the snapshots that branches and tags point at stay
-readable (Icechunk never expires those), and garbage collection then deletes only objects that
-no kept snapshot references and that are older than the cut-off, so a writer running at the same
-moment cannot lose the objects of its next commit.
+Expiry is Icechunk's ``expire_snapshots``, which has no way to limit itself to one branch: it walks
+every branch and every tag, and on each drops the snapshots written before the cut-off from the
+history, whichever branch the cut-off was counted on. What each branch and tag points at stays
+readable (we never ask Icechunk to delete expired branches or tags, and it never expires a tip or
+the root snapshot), so a staging branch kept after a refused promotion keeps its staged snapshot
+but loses its older history, including the snapshot it was staged on. Garbage collection then
+deletes only objects that no kept snapshot references and that are older than the cut-off, so a
+writer running at the same moment cannot lose the objects of its next commit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from icechunk_operator.engine.errors import Refused
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -49,8 +55,9 @@ def tag_snapshot(repo: Any, tag: str, *, snapshot: str | None = None, branch: st
     return str(target)
 
 
-class TagTakenError(ValueError):
-    """The tag exists and names another snapshot; Icechunk tags never move."""
+class TagTakenError(Refused):
+    """The tag exists and names another snapshot; Icechunk tags never move, so only another tag
+    name (or deleting the tag by hand) lets the batch finish."""
 
 
 def tag_once(repo: Any, tag: str, snapshot: str) -> None:
@@ -77,7 +84,9 @@ def expiry_cutoff(
     written: list[datetime], *, older_than: timedelta | None, keep: int | None, now: datetime
 ) -> datetime:
     """The time before which snapshots expire: ``now - older_than``, or the time of the newest
-    ``keep``-th snapshot (``written`` is newest first). Exactly one rule applies."""
+    ``keep``-th snapshot of one branch (``written`` is its history, newest first). Exactly one
+    rule applies. The cut-off then applies to every branch and tag, so ``keep`` counts snapshots
+    of that branch only: another branch keeps what it wrote after the cut-off, however many."""
     if (older_than is None) == (keep is None):
         raise ValueError("give exactly one of older_than, keep")
     if older_than is not None:
@@ -96,10 +105,14 @@ def expire_and_collect(
     keep: int | None = None,
     now: datetime | None = None,
 ) -> ExpiryReport:
+    """Expire, on every branch and tag, the snapshots older than the cut-off ``branch`` gives
+    (see :func:`expiry_cutoff`), then garbage-collect. Branches and tags are never deleted."""
     now = now or datetime.now(UTC)
     written = [info.written_at for info in repo.ancestry(branch=branch)]
     cutoff = expiry_cutoff(written, older_than=older_than, keep=keep, now=now)
-    expired = repo.expire_snapshots(older_than=cutoff)
+    expired = repo.expire_snapshots(
+        older_than=cutoff, delete_expired_branches=False, delete_expired_tags=False
+    )
     summary = repo.garbage_collect(delete_object_older_than=cutoff)
     return ExpiryReport(
         cutoff=cutoff,

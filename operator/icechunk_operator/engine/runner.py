@@ -30,8 +30,8 @@ from icechunk_operator.engine.lifecycle import TagTakenError, tag_once
 from icechunk_operator.engine.objects import containers_key
 from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord
-from icechunk_operator.engine.sources import check_sources, list_sources, read_url_list
-from icechunk_operator.engine.staging import StagingRefusedError, promote, start_staging
+from icechunk_operator.engine.sources import check_index_contents, list_sources, read_url_list
+from icechunk_operator.engine.staging import StagingRefusedError, TargetMovedError, promote, start_staging
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
 
@@ -103,7 +103,7 @@ def run_batch(
         progress.stage = name
         on_progress(progress)
 
-    check_sources(batch.spec.source, store.spec)  # refused before anything is touched
+    check_index_contents(batch.spec.source, store.spec)  # refused before anything is touched
     target = branch = batch.spec.branch or store.spec.branch
 
     started = time.perf_counter()
@@ -212,6 +212,8 @@ def run_batch(
         stage("validating")
         try:
             promoted = promote(repo, branch, target, base)
+        except TargetMovedError:
+            raise  # a crash, not a refusal: the retry stages afresh on the new tip
         except StagingRefusedError as error:
             report.error = str(error)
         else:

@@ -15,11 +15,24 @@ import logging
 import posixpath
 from typing import Any
 
+from icechunk_operator.engine.errors import Refused
+
 log = logging.getLogger("icechunk_operator.staging")
 
 
 class StagingRefusedError(RuntimeError):
-    """The staged work cannot be promoted: validation failed or the target branch moved."""
+    """The staged work was not promoted and the target branch did not move; the subclass says
+    whether running the batch again can help."""
+
+
+class StagingValidationError(StagingRefusedError, Refused):
+    """A staged group failed its sample read: a re-run resumes on the same staging branch and
+    reads the same references, so only fixing (or skipping) the files behind them helps."""
+
+
+class TargetMovedError(StagingRefusedError):
+    """Another writer moved the target branch while the batch staged. Not refused: a re-run
+    (the Job's retry of a crash) stages afresh on the new tip and usually succeeds."""
 
 
 def staging_branch(batch: str) -> str:
@@ -73,18 +86,18 @@ def promote(repo: Any, staging: str, target: str, base: str) -> str | None:
     failures = asyncio.run(sample_groups(session.store, staged_groups(repo, base, staging)))
     if failures:
         shown = "; ".join(f"{group}: {reason}" for group, reason in failures[:3])
-        raise StagingRefusedError(
+        raise StagingValidationError(
             f"validation failed for {len(failures)} groups ({shown}); {target!r} was not moved, the "
             f"staged snapshot {staged} stays on branch {staging!r}"
         )
     current = str(repo.lookup_branch(target))
     if current != base:
-        raise StagingRefusedError(_moved(target, base, current, staged, staging))
+        raise TargetMovedError(_moved(target, base, current, staged, staging))
     try:
         repo.reset_branch(target, staged, from_snapshot_id=base)
     except Exception as error:  # the compare-and-swap lost a race with another writer
         current = str(repo.lookup_branch(target))
-        raise StagingRefusedError(_moved(target, base, current, staged, staging)) from error
+        raise TargetMovedError(_moved(target, base, current, staged, staging)) from error
     repo.delete_branch(staging)
     return staged
 

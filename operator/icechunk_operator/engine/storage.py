@@ -7,6 +7,8 @@ open and never persisted, as Icechunk requires.
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import icechunk
@@ -206,27 +208,68 @@ def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk
     )
 
 
+class DeleteFailedError(RuntimeError):
+    """Some of the repository could not be deleted: the data is still there, so whoever asked
+    (the finalizer) must not go away, and trying again may succeed once the cause is fixed."""
+
+
 def delete_repository(spec: StorageSpec) -> int:
-    """Delete every object of the repository (deletionPolicy: Delete); returns how many."""
-    import obstore
+    """Delete every object of the repository (deletionPolicy: Delete); returns how many.
 
-    from icechunk_operator.engine.objects import build_object_store
-
+    Raises :class:`DeleteFailedError` when anything is left, never a partial count."""
     scheme, _, path = split_url(spec.url)
     if scheme == "file":
-        import shutil
-        from pathlib import Path
+        return _delete_folder(Path(path), spec.url)
+    from icechunk_operator.engine.objects import build_object_store
 
-        root = Path(path)
-        count = sum(1 for item in root.rglob("*") if item.is_file()) if root.exists() else 0
-        shutil.rmtree(root, ignore_errors=True)
-        return count
     store, path = build_object_store(spec.url, spec)
-    prefix = path.strip("/") + "/"
+    return delete_objects(store, path.strip("/") + "/", spec.url)
+
+
+def _delete_folder(root: Path, url: str) -> int:
+    if not root.exists():
+        return 0
+    count = sum(1 for item in root.rglob("*") if item.is_file())
+    failures: list[tuple[str, BaseException]] = []
+    shutil.rmtree(root, onexc=lambda _, item, error: failures.append((item, error)))
+    if failures:
+        # The first failure is the cause; the folders above it then fail as "not empty".
+        item, error = failures[0]
+        raise DeleteFailedError(
+            f"storage.url: {url}: could not delete {item} ({type(error).__name__}: {error}); "
+            f"{len(failures)} deletes failed, some of the data is still there"
+        )
+    return count
+
+
+def delete_objects(store: Any, prefix: str, url: str) -> int:
+    """Delete every object under ``prefix`` of an obstore store, then list again: a delete that
+    failed, or a writer that added objects meanwhile, leaves something, and that is an error."""
+    import obstore
+
     deleted = 0
-    for listed in obstore.list(store, prefix=prefix, chunk_size=1000):
-        paths = [entry["path"] for entry in listed]
-        if paths:
-            obstore.delete(store, paths)
-            deleted += len(paths)
+    try:
+        for listed in obstore.list(store, prefix=prefix, chunk_size=1000):
+            paths = [entry["path"] for entry in listed]
+            if paths:
+                obstore.delete(store, paths)
+                deleted += len(paths)
+    except Exception as error:
+        raise DeleteFailedError(
+            f"storage.url: {url}: deleting failed after {deleted} objects ({type(error).__name__}: "
+            f"{_first_line(error)})"
+        ) from error
+    left = [
+        entry["path"] for listed in obstore.list(store, prefix=prefix, chunk_size=1000) for entry in listed
+    ]
+    if left:
+        raise DeleteFailedError(
+            f"storage.url: {url}: {len(left)} objects are still there after deleting {deleted}, "
+            f"the first {left[0]}"
+        )
     return deleted
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import unquote
 
+from icechunk_operator.engine.errors import Refused
+
 _SCHEMES = ("file://", "s3://", "gs://", "az://")
 
 
-class SourceOutsideContainersError(ValueError):
-    """A source URL that no virtual chunk container of the store covers."""
+class SourceOutsideContainersError(Refused):
+    """A source URL that no virtual chunk container of the store covers: Icechunk would refuse
+    to read its chunks, so the batch cannot run until the spec or the store's containers change."""
 
 
 def has_dot_segments(url: str) -> bool:
@@ -35,6 +38,37 @@ def check_within_containers(url: str, prefixes: Iterable[str], field_name: str) 
     if container_for(url, prefixes) is None:
         raise SourceOutsideContainersError(
             f"{field_name}: {url!r} is outside the store's virtualChunkContainers {prefixes}"
+        )
+
+
+def check_all_within_containers(
+    urls: Iterable[str], prefixes: Iterable[str], field_name: str, where: str
+) -> None:
+    """Like :func:`check_within_containers` for the URLs listed in a file (``where``), with
+    how many are outside: one message for a 100,000-row index, not one per row."""
+    prefixes = list(prefixes)
+    listed = list(urls)
+    outside = [u for u in listed if not u.startswith(_SCHEMES) or container_for(u, prefixes) is None]
+    if outside:
+        raise SourceOutsideContainersError(
+            f"{field_name}: {len(outside)} of the {len(listed)} URLs in {where} are outside the "
+            f"store's virtualChunkContainers {prefixes}; the first is {outside[0]!r}"
+        )
+
+
+def check_index_location(url: str, prefixes: Iterable[str], beside_store: str, field_name: str) -> None:
+    """An index is read with the credentials of the container that holds it, or with the store's
+    own beside the store (where reconciliations write repair lists): anywhere else there are no
+    declared credentials to read it with, and no declared place a batch may read from."""
+    prefixes = list(prefixes)
+    if not url.startswith(_SCHEMES):
+        raise SourceOutsideContainersError(
+            f"{field_name}: {url!r} is not a URL (expected one of {list(_SCHEMES)})"
+        )
+    if container_for(url, prefixes) is None and (has_dot_segments(url) or not url.startswith(beside_store)):
+        raise SourceOutsideContainersError(
+            f"{field_name}: {url!r} is neither in the store's virtualChunkContainers {prefixes} "
+            f"nor beside the store ({beside_store})"
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.common import ResourceModel
 from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.exiting import ExitCode
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.settings import OperatorSettings
 
@@ -74,8 +75,12 @@ def store_secrets(store: IcechunkStore) -> list[str]:
     return own + source_secrets(store)
 
 
-def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSettings) -> dict[str, Any]:
-    """The single writer of this batch: runs ``icechunk-operator commit`` against the Dask cluster."""
+def commit_job(
+    batch: IngestBatch, store: IcechunkStore, settings: OperatorSettings, attempt: int = 0
+) -> dict[str, Any]:
+    """The single writer of this batch's ``attempt``: ``icechunk-operator commit`` against the
+    batch's Dask cluster. Exit 1 (beyond tolerance) and 2 (refused) fail the Job at once; a crash
+    (any other exit) is retried ``podRetries`` times, each pod resuming from the last commit."""
     namespace = batch.metadata.namespace or "default"
     execution = batch.spec.execution
     container: dict[str, Any] = {
@@ -84,6 +89,8 @@ def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSetti
         "env": [
             {"name": names.ENV_SCHEDULER, "value": _scheduler_for(batch, namespace)},
             {"name": names.ENV_WORKERS, "value": str(execution.workers)},
+            {"name": names.ENV_SCHEDULER_WAIT, "value": str(settings.scheduler_wait_seconds)},
+            {"name": names.ENV_BATCH_UID, "value": batch.metadata.uid or ""},
         ],
         "resources": {
             "requests": {"cpu": execution.commit_cpu, "memory": execution.commit_memory},
@@ -92,13 +99,13 @@ def commit_job(batch: IngestBatch, store: IcechunkStore, settings: OperatorSetti
     }
     job = program_job(
         batch,
-        names.commit_job_name(batch.metadata.name),
+        names.commit_job_name(batch.metadata.name, attempt),
         child_labels(batch, "commit"),
         container,
         store,
         settings,
         backoff_limit=execution.pod_retries,
-        fail_on_exit=[names.EXIT_BATCH_FAILED, names.EXIT_INVALID_SPEC],
+        fail_on_exit=[ExitCode.BATCH_FAILED, ExitCode.REFUSED],
     )
     job["spec"]["activeDeadlineSeconds"] = execution.deadline_seconds
     return job
@@ -149,7 +156,7 @@ def program_job(
                         "onExitCodes": {
                             "containerName": container["name"],
                             "operator": "In",
-                            "values": fail_on_exit,
+                            "values": [int(code) for code in fail_on_exit],
                         },
                     },
                     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
@@ -198,7 +205,7 @@ def run_job(
         store,
         settings,
         backoff_limit=2,
-        fail_on_exit=[names.EXIT_INVALID_SPEC],
+        fail_on_exit=[ExitCode.REFUSED],
     )
 
 

@@ -9,22 +9,20 @@ finds.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from typing import Any, cast
 
 import kopf
 
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.controller import Controller, batch_view
+from icechunk_operator.k8s.controller import Controller
 from icechunk_operator.k8s.kube import KubeApi, load_config
-from icechunk_operator.k8s.queue import WRITER_COMPONENTS, BatchView
 from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
 from icechunk_operator.k8s.reconciliations import ReconciliationRunner
 from icechunk_operator.k8s.settings import OperatorSettings
+from icechunk_operator.k8s.views import WRITER_COMPONENTS, BatchView, batch_view
 
-QUEUE_INTERVAL = float(os.environ.get("ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS", "10"))
+SETTINGS = OperatorSettings.from_env()
 
 
 def _writes(component: str | None, **_: Any) -> bool:
@@ -52,26 +50,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=names.GROUP, key="last-handled-configuration"
     )
     # Peering itself is set up by kopf.run() (see cli._operator); only its timing is here.
-    settings.peering.lifetime = int(os.environ.get("ICECHUNK_OPERATOR_PEERING_LIFETIME", "60"))
+    settings.peering.lifetime = SETTINGS.peering_lifetime
     load_config()
-    controller = Controller(KubeApi(), OperatorSettings.from_env(), _post_event)
-    metrics_port = int(os.environ.get("ICECHUNK_OPERATOR_METRICS_PORT", "0"))
-    if metrics_port:
+    controller = Controller(KubeApi(), SETTINGS, _post_event)
+    if SETTINGS.metrics_port:
         from icechunk_operator.k8s.metrics import OperatorMetrics
 
         controller.metrics = OperatorMetrics(lambda: controller.batch_index.items())
-        controller.metrics.serve(metrics_port)
+        controller.metrics.serve(SETTINGS.metrics_port)
     memo["controller"] = controller
     memo["reconciliations"] = ReconciliationRunner(controller.api, controller.settings, _post_event)
     # Import now what the first batch needs, so its Job is not late by a second of imports.
     import icechunk_operator.engine.sources  # noqa: F401
 
 
-def _controller(memo: Any, index: Any = None) -> Controller:
-    controller: Controller = memo["controller"]
-    if index is not None:
-        controller.batch_index = index  # the same live mapping every time; kept for the metrics
-    return controller
+BatchIndex = kopf.Index[tuple[str, str], BatchView]
 
 
 @kopf.index(names.GROUP, names.VERSION, names.BATCHES)
@@ -82,65 +75,43 @@ def batches_by_store(
     return {(namespace or "default", str(spec.get("store", ""))): batch_view(dict(body))}
 
 
-def _queue(index: kopf.Index[tuple[str, str], BatchView], namespace: str, store: str) -> list[BatchView]:
-    return list(index.get((namespace, store), []))
-
-
-def _namespace(namespace: str | None) -> str:
-    return namespace or "default"  # every resource here is namespaced; Kopf types allow None
-
-
-BatchIndex = kopf.Index[tuple[str, str], BatchView]
+async def _sync(memo: Any, index: BatchIndex, namespace: str | None, store: str) -> None:
+    controller: Controller = memo["controller"]
+    controller.batch_index = index  # the same live mapping every time; kept for the metrics
+    namespace = namespace or "default"  # every resource here is namespaced; Kopf types allow None
+    await controller.sync_store(namespace, store, list(index.get((namespace, store), [])))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.BATCHES)
-async def batch_changed(
-    event: kopf.RawEvent, body: kopf.Body, namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any
-) -> None:
-    controller, namespace = _controller(memo, kwargs["batches_by_store"]), _namespace(namespace)
-    store = str(spec.get("store", ""))
-    if event["type"] != "DELETED" and body.meta.get("deletionTimestamp") is None:
-        admitted = await controller.admit_batch(dict(body))
-        if admitted is None:
-            return
-    index: BatchIndex = kwargs["batches_by_store"]
-    await controller.reconcile_queue(namespace, store, _queue(index, namespace, store))
+async def batch_changed(namespace: str | None, spec: kopf.Spec, memo: Any, **kwargs: Any) -> None:
+    await _sync(memo, kwargs["batches_by_store"], namespace, str(spec.get("store", "")))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=JOB_LABELS)
 async def job_changed(namespace: str | None, labels: kopf.Labels, memo: Any, **kwargs: Any) -> None:
-    namespace, store = _namespace(namespace), labels.get(names.LABEL_STORE, "")
-    index: BatchIndex = kwargs["batches_by_store"]
-    await _controller(memo).reconcile_queue(namespace, store, _queue(index, namespace, store))
+    await _sync(memo, kwargs["batches_by_store"], namespace, labels.get(names.LABEL_STORE, ""))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.STORES)
 async def store_changed(
     event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any
 ) -> None:
+    controller: Controller = memo["controller"]
     if event["type"] == "DELETED":
+        controller.store_status.forget(namespace or "default", name)
+    elif await controller.store_changed(dict(body)):
         return
-    controller, namespace = _controller(memo), _namespace(namespace)
-    if await controller.sync_store_finalizer(dict(body)):
-        return
-    await controller.refresh_store(dict(body))
-    queue = _queue(kwargs["batches_by_store"], namespace, name)
-    for view in queue:
-        if view.phase is None or view.waiting_for_store:  # the store may be what they waited for
-            batch = await asyncio.to_thread(controller.api.get, names.BATCHES, namespace, view.name)
-            if batch is not None:
-                await controller.admit_batch(batch)
-    await controller.reconcile_queue(namespace, name, queue)
+    await _sync(memo, kwargs["batches_by_store"], namespace, name)
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.STORES, interval=QUEUE_INTERVAL, sharp=False)
+@kopf.timer(names.GROUP, names.VERSION, names.STORES, interval=SETTINGS.queue_interval_seconds, sharp=False)
 async def store_tick(body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any) -> None:
     """The safety net: re-check every store's queue and status even when no event came."""
     if body.meta.get("deletionTimestamp") is not None:
         return
-    controller, namespace = _controller(memo, kwargs["batches_by_store"]), _namespace(namespace)
-    await controller.refresh_store(dict(body))
-    await controller.reconcile_queue(namespace, name, _queue(kwargs["batches_by_store"], namespace, name))
+    controller: Controller = memo["controller"]
+    await controller.store_status.refresh(dict(body))
+    await _sync(memo, kwargs["batches_by_store"], namespace, name)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.RECONCILIATIONS)
@@ -151,7 +122,9 @@ async def reconciliation_changed(event: kopf.RawEvent, body: kopf.Body, memo: An
     await runner.sync(dict(body))
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.RECONCILIATIONS, interval=QUEUE_INTERVAL, sharp=False)
+@kopf.timer(
+    names.GROUP, names.VERSION, names.RECONCILIATIONS, interval=SETTINGS.queue_interval_seconds, sharp=False
+)
 async def reconciliation_tick(body: kopf.Body, memo: Any, **_: Any) -> None:
     """Schedules fire from here; a run whose store was missing is retried from here."""
     if body.meta.get("deletionTimestamp") is None:

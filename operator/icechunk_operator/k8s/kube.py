@@ -53,6 +53,25 @@ def map_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]
     return {**dict.fromkeys(old or {}), **new}
 
 
+class ChildOwnedByAnother(RuntimeError):
+    """A child with the name we need exists and belongs to another owner (a deleted namesake)."""
+
+
+def _owner_uids(obj: dict[str, Any]) -> set[str]:
+    return {ref.get("uid", "") for ref in (obj.get("metadata") or {}).get("ownerReferences") or []}
+
+
+def _check_owner(existing: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """``existing`` when it has the owner ``manifest`` names; else ChildOwnedByAnother."""
+    wanted = _owner_uids(manifest)
+    if wanted and not wanted & _owner_uids(existing):
+        metadata = existing.get("metadata") or {}
+        raise ChildOwnedByAnother(
+            f"{existing.get('kind', 'object')} {metadata.get('name')} exists and belongs to another owner"
+        )
+    return existing
+
+
 class KubeApi:
     """The API calls the operator and the commit pod make, nothing more (see the RBAC rules)."""
 
@@ -141,26 +160,27 @@ class KubeApi:
         return [self._plain(job) for job in jobs.items]
 
     def create_job(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Create a Job, or return the one a re-run created; ChildOwnedByAnother when the Job of
+        that name has another owner (it was left by a deleted batch of the same name)."""
         namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
         try:
             return self._plain(self.batch.create_namespaced_job(namespace, manifest))
         except ApiException as error:
             if error.status != 409:
                 raise
-        return self._plain(self.batch.read_namespaced_job(name, namespace))
+        return _check_owner(self._plain(self.batch.read_namespaced_job(name, namespace)), manifest)
 
     def create_dask_cluster(self, manifest: dict[str, Any]) -> None:
+        """Create a DaskCluster, unless ours exists; ChildOwnedByAnother as for Jobs."""
+        namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        coordinates = (names.DASK_GROUP, names.DASK_VERSION, namespace, names.DASK_CLUSTERS)
         try:
-            self.custom.create_namespaced_custom_object(
-                names.DASK_GROUP,
-                names.DASK_VERSION,
-                manifest["metadata"]["namespace"],
-                names.DASK_CLUSTERS,
-                manifest,
-            )
+            self.custom.create_namespaced_custom_object(*coordinates, manifest)
         except ApiException as error:
             if error.status != 409:
                 raise
+            existing: Any = self.custom.get_namespaced_custom_object(*coordinates, name)
+            _check_owner(dict(existing), manifest)
 
     def delete_dask_cluster(self, namespace: str, name: str) -> bool:
         """Tear a batch's workers down; False when there was nothing to delete."""

@@ -2,7 +2,7 @@
 
 Maintenance (expire old snapshots, then garbage-collect) rewrites the repository's history, so it
 takes the store's turn like a batch does: a due run holds the store's queue, starts once no
-commit Job of the store is running, and no batch starts while it runs (``queue.plan_queue``). A
+commit Job of the store is running, and no batch starts while it runs (``plan.plan_store``). A
 run is due when the cron ``schedule`` fired since the last scheduled run, or when the
 ``icechunkoperator.io/maintenance-requested`` annotation carries a value not yet acted on
 (``kubectl annotate icechunkstore NAME icechunkoperator.io/maintenance-requested="$(date)"``).
@@ -19,7 +19,7 @@ from typing import Any
 from icechunk_operator.api.store import IcechunkStore, MaintenanceResult
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import run_job
-from icechunk_operator.k8s.schedules import job_failure, parse_time, scheduled_run
+from icechunk_operator.k8s.schedules import parse_time, scheduled_run
 from icechunk_operator.k8s.settings import OperatorSettings
 
 COMPONENT = "maintenance"
@@ -74,14 +74,3 @@ def maintenance_job(store: IcechunkStore, settings: OperatorSettings, run: str) 
     )
     job["spec"]["activeDeadlineSeconds"] = store.spec.maintenance.deadline_seconds
     return job
-
-
-def failed_run(body: dict[str, Any], jobs: list[dict[str, Any]]) -> tuple[str, str] | None:
-    """(Job, message) when the store's current maintenance Job failed and status does not say so."""
-    status = _maintenance_status(body)
-    if status.get("result") != MaintenanceResult.RUNNING.value:
-        return None
-    for job in jobs:
-        if job["metadata"]["name"] == status.get("job") and (message := job_failure(job)):
-            return job["metadata"]["name"], message
-    return None

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from icechunk_operator.api.store import IcechunkStore, MaintenanceResult
+from icechunk_operator.exiting import ExitCode
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.kube import pod_connection, without_status
 
@@ -35,7 +36,7 @@ def run_maintenance_pod(reference: str) -> int:
 
     api, namespace, name, body = pod_connection(reference, names.STORES)
     if body is None:
-        return names.EXIT_INVALID_SPEC
+        return ExitCode.REFUSED
 
     def report(result: MaintenanceResult, message: str, facts: dict[str, Any], **status: Any) -> None:
         finished = {"result": result.value, "message": message, "lastRunTime": _stamp(datetime.now(UTC))}
@@ -51,7 +52,7 @@ def run_maintenance_pod(reference: str) -> int:
         message = str(error)[:1024]
         report(MaintenanceResult.FAILED, message, {})
         log.error("%s", message)
-        return names.EXIT_INVALID_SPEC
+        return ExitCode.REFUSED
 
     repo = open_repository(store.spec, create=False)
     outcome = expire_and_collect(repo, store.spec.branch, older_than=older_than, keep=policy.keep_snapshots)

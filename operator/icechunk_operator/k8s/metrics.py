@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from icechunk_operator.k8s.queue import BatchView
+from icechunk_operator.k8s.views import BatchView
 
 PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
 

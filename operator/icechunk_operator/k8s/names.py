@@ -26,12 +26,9 @@ FINALIZER_DELETE_DATA = f"{API_GROUP}/delete-data"
 #: Environment of the commit pod: where its Dask scheduler is and how many workers to expect.
 ENV_SCHEDULER = "ICECHUNK_OPERATOR_DASK_SCHEDULER"
 ENV_WORKERS = "ICECHUNK_OPERATOR_DASK_WORKERS"
-
-#: Exit codes of the commit pod, which the Job's pod failure policy reads: a batch beyond its
-#: failure tolerance (1) or refused as invalid (2) fails the Job at once; anything else (a crash,
-#: an OOM kill) restarts the pod, which resumes from the last commit.
-EXIT_BATCH_FAILED = 1
-EXIT_INVALID_SPEC = 2
+ENV_SCHEDULER_WAIT = "ICECHUNK_OPERATOR_SCHEDULER_WAIT_SECONDS"
+#: The uid of the batch a commit Job was made for: a pod never runs a newer batch of the same name.
+ENV_BATCH_UID = "ICECHUNK_OPERATOR_BATCH_UID"
 
 
 def child_name(owner: str, suffix: str, max_length: int = 63) -> str:
@@ -43,8 +40,10 @@ def child_name(owner: str, suffix: str, max_length: int = 63) -> str:
     return f"{owner[: max_length - len(suffix) - 10].rstrip('-')}-{digest}-{suffix}"
 
 
-def commit_job_name(batch: str) -> str:
-    return child_name(batch, "commit")
+def commit_job_name(batch: str, attempt: int = 0) -> str:
+    """The commit Job of a batch's ``attempt``: a retried batch gets a Job of its own, so that the
+    Job of the failed attempt can never be mistaken for the new one."""
+    return child_name(batch, "commit" if attempt == 0 else f"commit-r{attempt}")
 
 
 def dask_cluster_name(batch: str) -> str:

@@ -20,6 +20,7 @@ from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.reconciliation import Reconciliation, ReconciliationMode
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.reconcile import ReconcileReport
+from icechunk_operator.exiting import ExitCode
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import owner_reference
 from icechunk_operator.k8s.conditions import reconciliation_conditions
@@ -47,7 +48,7 @@ def run_reconcile_pod(reference: str) -> int:
 
     api, namespace, name, body = pod_connection(reference, names.RECONCILIATIONS)
     if body is None:
-        return names.EXIT_INVALID_SPEC
+        return ExitCode.REFUSED
     generation = body["metadata"].get("generation")
     conditions = list((body.get("status") or {}).get("conditions", []))
 
@@ -55,7 +56,7 @@ def run_reconcile_pod(reference: str) -> int:
         refused = reconciliation_conditions(conditions, "Failed", "Refused", message, generation)
         api.patch_status(names.RECONCILIATIONS, namespace, name, {"conditions": refused})
         log.error("%s", message)
-        return names.EXIT_INVALID_SPEC
+        return ExitCode.REFUSED
 
     try:
         reconciliation = Reconciliation.model_validate(without_status(body))

@@ -1,19 +1,44 @@
-"""Operator settings, read from the environment (the Helm chart sets them on the Deployment)."""
+"""Every ``ICECHUNK_OPERATOR_*`` setting, read here and nowhere else.
+
+The Helm chart sets the operator's on its Deployment; the operator sets the commit pod's on the
+Job it creates. Both are models, so a bad value fails at start with the variable named, rather
+than as a ``ValueError`` deep in a handler. Variable names are the field names in upper case.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from icechunk_operator import __version__
 
 ENV_PREFIX = "ICECHUNK_OPERATOR_"
 
 
-class OperatorSettings(BaseModel):
+class _FromEnv(BaseModel):
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Self:
+        """Fields from ``ICECHUNK_OPERATOR_<FIELD>`` variables; JSON for maps and lists."""
+        environ = dict(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None or raw == "":
+                continue
+            annotation = str(field.annotation)
+            values[name] = json.loads(raw) if ("dict" in annotation or "list" in annotation) else raw
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            variable = ENV_PREFIX + str(problem["loc"][0]).upper()
+            raise ValueError(f"{variable}: {problem['msg']}") from None
+
+
+class OperatorSettings(_FromEnv):
     """What the operator puts into the pods it creates, and how often it looks again."""
 
     image: str = Field(
@@ -30,19 +55,35 @@ class OperatorSettings(BaseModel):
     worker_node_selector: dict[str, str] = Field(default_factory=dict)
     worker_tolerations: list[dict[str, Any]] = Field(default_factory=list)
     queue_interval_seconds: float = Field(
-        default=10.0, description="How often each store's queue is re-checked."
+        default=10.0, gt=0, description="How often each store's queue is re-checked."
     )
-    store_refresh_seconds: float = Field(default=300.0, description="How often store status is refreshed.")
+    store_refresh_seconds: float = Field(
+        default=300.0, gt=0, description="How often store status is refreshed."
+    )
+    scheduler_wait_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="How long a commit pod waits for its Dask scheduler to accept connections.",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus metrics port; 0: none.")
+    peering: str | None = Field(default=None, description="Kopf peering name; unset: standalone.")
+    peering_priority: int | None = Field(default=None, description="Peering priority; unset: random.")
+    peering_lifetime: int = Field(default=60, gt=0, description="Seconds a peer's keep-alive lasts.")
 
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
-        """Fields from ``ICECHUNK_OPERATOR_<FIELD>`` variables; JSON for maps and lists."""
-        environ = dict(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            annotation = str(field.annotation)
-            values[name] = json.loads(raw) if ("dict" in annotation or "list" in annotation) else raw
-        return cls.model_validate(values)
+
+class PodSettings(_FromEnv):
+    """What a commit pod is told by its Job: its Dask scheduler and how long to wait for it."""
+
+    batch_uid: str | None = None
+    dask_scheduler: str | None = None
+    dask_workers: int | None = Field(default=None, ge=0)
+    scheduler_wait_seconds: float = Field(default=600.0, gt=0)
+    traceback: bool = Field(
+        default=False, description="Print a crash's traceback on the CLI, not only its one-line message."
+    )
+    test_crash_once: str | None = Field(
+        default=None,
+        description="TEST ONLY: 'FILES:MARKER' makes the commit process raise once, after FILES "
+        "files are done, unless the file MARKER exists (it creates it). The end-to-end tests use "
+        "it to crash a commit pod's first attempt with an uncaught exception.",
+    )
