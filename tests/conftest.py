@@ -6,7 +6,6 @@ Servers listen on free loopback ports and fixtures wait until they answer; nothi
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -196,8 +195,3 @@ def _deep_update(target: dict[str, Any], extra: dict[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target

@@ -132,3 +132,52 @@ def test_a_recreated_batch_never_adopts_the_job_of_the_batch_it_replaced(
     assert [ref.uid for ref in job.metadata.owner_references or []] == [new_uid]
     runs = [run.pod for run in cluster.kubelet.commit_runs(namespace)]
     assert len(runs) == 2  # the old Job's pod and the new batch's own
+
+
+def test_a_failed_data_delete_keeps_the_store_says_why_and_is_retried(
+    cluster: ClusterDriver, namespace: str, shared_archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    repository = tmp_path / "store"
+    store = store_doc("doomed", repository.as_uri(), shared_archive, deletionPolicy="Delete")
+    cluster.apply(store, namespace=namespace)
+    wait_ready(cluster, namespace, "doomed")
+    wait_until(
+        lambda: (
+            names.FINALIZER_DELETE_DATA
+            in cluster.get(names.STORES, namespace, "doomed")["metadata"].get("finalizers", [])
+        ),
+        30,
+        "the delete-data finalizer",
+    )
+    # A real fault, no mock: the repository's folder is replaced by a file, which no delete of a
+    # folder can remove (permissions cannot make the delete fail: the tests run as root).
+    aside = tmp_path / "aside"
+    repository.rename(aside)
+    repository.write_text("not a repository")
+    cluster.plane.kubectl("delete", "-n", namespace, "icechunkstore/doomed", "--wait=false")
+
+    def warnings() -> str:
+        return cluster.plane.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector=involvedObject.kind=IcechunkStore,reason=DataDeletionFailed",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ).stdout
+
+    message = wait_until(warnings, 60, "the DataDeletionFailed Event")
+    assert "could not delete" in message and "trying again in" in message, message
+    kept = cluster.get(names.STORES, namespace, "doomed")  # the finalizer holds it: nothing was lost
+    assert names.FINALIZER_DELETE_DATA in kept["metadata"]["finalizers"]
+
+    repository.unlink()  # the fault is repaired; the next attempt deletes the data and lets go
+    aside.rename(repository)
+
+    def gone() -> bool:
+        listed = cluster.plane.kubectl("get", "icechunkstores", "-n", namespace, "-o", "name").stdout
+        return "doomed" not in listed
+
+    wait_until(gone, 60, "the store to be deleted after the retry")
+    assert not repository.exists()

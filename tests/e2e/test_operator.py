@@ -265,7 +265,8 @@ def test_operator_killed_mid_batch_never_starts_a_second_writer(
 
     cluster.operator.kill()
     cluster.operator.start()
-    time.sleep(3)  # the new operator lists everything and re-plans the queue
+    cluster.wait_phase(namespace, "next", "Queued", 30)  # the new operator lists everything again
+    time.sleep(3)  # and re-plans the queue on a few timer ticks
     assert [j.metadata.name for j in cluster.jobs(namespace)] == ["resumed-commit"]
     assert cluster.phase(namespace, "next") == "Queued"
 

@@ -24,6 +24,14 @@ from icechunk_operator.api.common import (
 )
 
 
+class RunPhase(StrEnum):
+    """The phase conditions of a Reconciliation's latest run."""
+
+    RUNNING = "Running"
+    COMPLETE = "Complete"
+    FAILED = "Failed"
+
+
 class ReconciliationMode(StrEnum):
     REPORT = "Report"
     REPAIR = "Repair"

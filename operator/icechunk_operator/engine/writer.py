@@ -45,10 +45,6 @@ class GroupWriter:
 
         self._runner.run(delete_all())
 
-    def forget_parents(self) -> None:
-        """After a failed or discarded session, existence of parents must be checked again."""
-        self._known_groups = {""}
-
     async def _put_all(self, store: Any, documents: dict[str, bytes]) -> None:
         await self._put_documents(store, "", documents)
 

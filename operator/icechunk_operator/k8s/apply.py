@@ -197,8 +197,16 @@ class Applier:
         if not children.needs_dask_cluster(batch):
             return None
         cluster = children.dask_cluster(batch, store, self.settings)
-        self.api.create_dask_cluster(cluster)
-        return str(cluster["metadata"]["name"])
+        name = str(cluster["metadata"]["name"])
+        try:
+            self.api.create_dask_cluster(cluster)
+        except ChildOwnedByAnother:
+            # Left by a deleted batch of this name (orphaned, or not yet collected): no Job of
+            # that batch runs, or this batch would not have started. Remove it; the next pass
+            # creates this batch's own.
+            self.api.delete_dask_cluster(batch.metadata.namespace or "default", name)
+            raise
+        return name
 
     def _writer_running(self, namespace: str, batch: str, body: dict[str, Any]) -> bool:
         """Whether a writer Job (other than this batch's) holds the store. The plan saw a list
@@ -234,6 +242,9 @@ class Applier:
             commitJob=action.job.name,
             startTime=now(),
         )
+        log.info(
+            "batch %s/%s: adopted its running commit Job %s", namespace, action.batch.name, action.job.name
+        )
 
     def _lost(self, namespace: str, view: BatchView) -> None:
         """Running, yet no Job: confirm with the API server before calling it failed."""
@@ -258,7 +269,14 @@ class Applier:
         if body is None:
             return False
         completed = now()
-        self.set_batch_phase(body, action.phase, action.reason, action.message, completionTime=completed)
+        self.set_batch_phase(
+            body,
+            action.phase,
+            action.reason,
+            action.message,
+            completionTime=completed,
+            commitJob=action.job.name,
+        )
         self._observe(body, completed)
         self._teardown(namespace, body)
         good = action.phase == BatchPhase.SUCCEEDED

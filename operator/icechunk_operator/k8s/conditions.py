@@ -10,8 +10,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-BATCH_CONDITION_TYPES = ("Queued", "Running", "Succeeded", "Failed")
-RECONCILIATION_CONDITION_TYPES = ("Running", "Complete", "Failed")
+from icechunk_operator.api.batch import BatchPhase
+from icechunk_operator.api.reconciliation import RunPhase
+
+BATCH_CONDITION_TYPES = tuple(BatchPhase)
+RECONCILIATION_CONDITION_TYPES = tuple(RunPhase)
 
 
 def now() -> str:
@@ -50,7 +53,14 @@ def batch_phase_conditions(
     ``Reconciling`` (still queued or running) and ``Stalled`` (failed; it will not get better
     by waiting)."""
     return phase_conditions(
-        conditions, BATCH_CONDITION_TYPES, phase, "Succeeded", "Failed", reason, message, generation
+        conditions,
+        BATCH_CONDITION_TYPES,
+        phase,
+        BatchPhase.SUCCEEDED,
+        BatchPhase.FAILED,
+        reason,
+        message,
+        generation,
     )
 
 
@@ -59,7 +69,14 @@ def reconciliation_conditions(
 ) -> list[dict[str, Any]]:
     """The same for a Reconciliation run: ``Running``, then ``Complete`` or ``Failed``."""
     return phase_conditions(
-        conditions, RECONCILIATION_CONDITION_TYPES, phase, "Complete", "Failed", reason, message, generation
+        conditions,
+        RECONCILIATION_CONDITION_TYPES,
+        phase,
+        RunPhase.COMPLETE,
+        RunPhase.FAILED,
+        reason,
+        message,
+        generation,
     )
 
 

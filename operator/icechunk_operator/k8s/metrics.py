@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.k8s.views import BatchView
 
-PHASES = ("Pending", "Queued", "Running", "Succeeded", "Failed")
+PHASES = ("Pending", *BatchPhase)
 
 #: (namespace, store) -> the batches of that store, as the operator's index holds them.
 BatchSource = Callable[[], Iterable[tuple[tuple[str, str], Iterable[BatchView]]]]

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from icechunk_operator.api.batch import IngestBatch
-from icechunk_operator.api.reconciliation import Reconciliation, ReconciliationMode
+from icechunk_operator.api.reconciliation import Reconciliation, ReconciliationMode, RunPhase
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.reconcile import ReconcileReport
 from icechunk_operator.exiting import ExitCode
@@ -53,7 +53,7 @@ def run_reconcile_pod(reference: str) -> int:
     conditions = list((body.get("status") or {}).get("conditions", []))
 
     def refuse(message: str) -> int:
-        refused = reconciliation_conditions(conditions, "Failed", "Refused", message, generation)
+        refused = reconciliation_conditions(conditions, RunPhase.FAILED, "Refused", message, generation)
         api.patch_status(names.RECONCILIATIONS, namespace, name, {"conditions": refused})
         log.error("%s", message)
         return ExitCode.REFUSED
@@ -85,7 +85,9 @@ def run_reconcile_pod(reference: str) -> int:
             api.create(names.BATCHES, manifest)
             status["repairBatch"] = repair.metadata.name
             summary += f"; repair: IngestBatch {repair.metadata.name}"
-    status["conditions"] = reconciliation_conditions(conditions, "Complete", "Reported", summary, generation)
+    status["conditions"] = reconciliation_conditions(
+        conditions, RunPhase.COMPLETE, "Reported", summary, generation
+    )
     api.patch_status(names.RECONCILIATIONS, namespace, name, status)
     log.info("reconciliation %s/%s: %s; report %s", namespace, name, summary, report.report_url)
     return 0

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from icechunk_operator.api.common import first_problem
-from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.reconciliation import Reconciliation, RunPhase
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import run_job
@@ -110,7 +110,7 @@ class ReconciliationRunner:
             return
         store = IcechunkStore.model_validate(without_status(store_body))
         conditions = reconciliation_conditions(
-            status.get("conditions", []), "Running", "Started", f"Job {job_name}", generation
+            status.get("conditions", []), RunPhase.RUNNING, "Started", f"Job {job_name}", generation
         )
         started: dict[str, Any] = {"job": job_name, "conditions": conditions}
         if fired := schedule_time(run):
@@ -142,7 +142,7 @@ class ReconciliationRunner:
         if body is None or (body.get("status") or {}).get("job") != meta["name"]:
             return
         conditions = (body.get("status") or {}).get("conditions", [])
-        if any(c.get("type") == "Failed" and c.get("status") == "True" for c in conditions):
+        if any(c.get("type") == RunPhase.FAILED and c.get("status") == "True" for c in conditions):
             return  # the pod said why already (a refused spec)
         self._fail(body, "JobFailed", f"Job {meta['name']}: {message}")
 
@@ -153,7 +153,7 @@ class ReconciliationRunner:
         status = body.get("status") or {}
         generation = meta.get("generation")
         conditions = reconciliation_conditions(
-            status.get("conditions", []), "Failed", reason, message, generation
+            status.get("conditions", []), RunPhase.FAILED, reason, message, generation
         )
         patch: dict[str, Any] = {"conditions": conditions}
         if observe:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from icechunk_operator.k8s.views import JobOutcome
+
 
 def parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
@@ -37,13 +39,14 @@ def schedule_time(run: str) -> str | None:
 
 def job_finished(job: dict[str, Any]) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+    ended = (JobOutcome.COMPLETE, JobOutcome.FAILED)
+    return any(c.get("type") in ended and c.get("status") == "True" for c in conditions)
 
 
 def job_failure(job: dict[str, Any]) -> str | None:
     """The Job's failure message when it failed for good, else None."""
     for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Failed" and condition.get("status") == "True":
+        if condition.get("type") == JobOutcome.FAILED and condition.get("status") == "True":
             return str(condition.get("message") or condition.get("reason") or "the Job failed")
     return None
 

@@ -42,6 +42,8 @@ class Reason(StrEnum):
 
 
 class JobOutcome(StrEnum):
+    """How a Job stands; the two ends are the Job condition types of the same names."""
+
     RUNNING = "Running"
     COMPLETE = "Complete"
     FAILED = "Failed"
@@ -131,9 +133,9 @@ def job_view(job: dict[str, Any]) -> JobView:
     for condition in status.get("conditions") or []:
         if condition.get("status") != "True":
             continue
-        if condition.get("type") == "Complete":
+        if condition.get("type") == JobOutcome.COMPLETE:
             outcome, reason, message = JobOutcome.COMPLETE, condition.get("reason", ""), ""
-        elif condition.get("type") == "Failed":
+        elif condition.get("type") == JobOutcome.FAILED:
             outcome = JobOutcome.FAILED
             reason, message = condition.get("reason", ""), condition.get("message", "")
     code = _EXIT_CODE.search(message) if reason == "PodFailurePolicy" else None
@@ -158,7 +160,7 @@ def _phase(value: Any) -> BatchPhase | None:
 def batch_view(body: dict[str, Any]) -> BatchView:
     metadata, status = body.get("metadata", {}), body.get("status") or {}
     queued: dict[str, Any] = next(
-        (c for c in status.get("conditions") or [] if c.get("type") == "Queued"), {}
+        (c for c in status.get("conditions") or [] if c.get("type") == BatchPhase.QUEUED), {}
     )
     phase = status.get("phase")
     files = status.get("files") or {}
