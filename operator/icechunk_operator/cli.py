@@ -270,6 +270,9 @@ def _in_cluster(pod: str, reference: str, scheduler: str | None = None) -> int:
     except Exception:
         logging.getLogger("icechunk_operator.pod").exception("%s pod for %s crashed", pod, reference)
         return ExitCode.CRASHED
+    except SystemExit as exit_:  # a library that calls sys.exit(1) must not look like exit 1
+        logging.getLogger("icechunk_operator.pod").error("%s pod exited early: %s", pod, exit_.code)
+        return ExitCode.OK if exit_.code in (0, None) else ExitCode.CRASHED
 
 
 def _run_pod(pod: str, reference: str, scheduler: str | None) -> int:
@@ -347,6 +350,9 @@ def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers:
     finally:
         progress.close()
     print(summary_table(report))
+    if report.refused:
+        print(f"IngestBatch {name} refused: {report.error}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
     if not report.succeeded:
         print(
             f"IngestBatch {name} failed: {report.error or 'more files failed than spec.failures allows'}.\n"
@@ -371,10 +377,21 @@ def _demo(folder: Path, workers: int) -> int:
 
 
 def entrypoint() -> NoReturn:
-    """The console script: :func:`main`, then :func:`~icechunk_operator.exiting.exit_now`."""
+    """The console script: :func:`main`, then :func:`~icechunk_operator.exiting.exit_now`.
+
+    Whatever escapes is a crash, exit 3, never Python's 1: in a pod, 1 means "beyond the failure
+    tolerance", and a Job does not retry it."""
     from icechunk_operator.exiting import exit_now
 
-    exit_now(main())
+    try:
+        code = main()
+    except Exception as error:
+        import traceback
+
+        traceback.print_exc()
+        print(f"icechunk-operator: crashed: {one_line_error(error)}", file=sys.stderr)
+        code = ExitCode.CRASHED
+    exit_now(code)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def test_failures_beyond_tolerance_exit_one(shared_archive: ArchiveLayout, tmp_p
     result = cli("run", "-f", str(spec), "--workers", "1")
     assert result.returncode == 1
     assert "FAILED" in result.stdout and "EmptyFileError=1" in result.stdout
+    assert "run the same command again" in result.stderr  # the retry, as in the cluster's message
 
 
 def test_escaping_template_is_refused_naming_the_field(shared_archive: ArchiveLayout, tmp_path: Path) -> None:
@@ -69,3 +70,22 @@ def test_validate(tmp_path: Path, shared_archive: ArchiveLayout) -> None:
     store, batch = ismip6_resources(shared_archive.root, (tmp_path / "store").as_uri())
     result = cli("validate", "-f", str(write_spec(tmp_path / "b.yaml", store, batch)))
     assert result.returncode == 0 and "1 stores, 1 batches" in result.stdout
+
+
+def test_a_crash_exits_three_in_one_line_and_running_again_is_the_retry(
+    shared_archive: ArchiveLayout, tmp_path: Path
+) -> None:
+    """A real fault: the store's folder lies under a file, so the repository cannot be created."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    store, batch = ismip6_resources(shared_archive.root, (blocker / "store").as_uri())
+    spec = write_spec(tmp_path / "b.yaml", store, batch)
+    crashed = cli("run", "-f", str(spec), "--workers", "1")
+    assert crashed.returncode == 3, crashed.stderr
+    assert (
+        "IngestBatch ismip6: crashed: " in crashed.stderr and "run the same command again" in crashed.stderr
+    )
+    assert "Traceback" not in crashed.stderr
+
+    blocker.unlink()  # the fault is repaired: the same command is the retry
+    assert cli("run", "-f", str(spec), "--workers", "1").returncode == 0

@@ -31,6 +31,7 @@ from icechunk_operator.k8s.views import (
     StoreView,
     batch_view,
     job_view,
+    store_view,
 )
 
 QUEUED, RUNNING, FAILED, SUCCEEDED = (
@@ -333,3 +334,25 @@ def test_a_batchs_retry_request_and_attempt_are_read_from_annotation_and_status(
     assert view.phase == FAILED and view.retry_pending and not view.spec_changed
     assert view.job_name == names.commit_job_name("a", 2)
     assert batch_view({"metadata": {"name": "x"}, "status": {"phase": "Bogus"}}).phase is None
+
+
+def test_when_the_head_is_refused_no_younger_batch_overtakes_the_older_ones() -> None:
+    head, older, younger = batch("a", "1"), batch("b", "2", QUEUED), batch("c", "3")
+    checked = {b.uid for b in admission_candidates([head, older, younger])}
+    assert "uid-b" not in checked  # b was admitted before; it is checked once it is the head
+    invalid = Admission(invalid="spec.source: no")
+    admissions = {"uid-a": invalid, "uid-c": OK}
+    actions = plan_store(Observed(store(), (head, older, younger), (), admissions))
+    assert of(Refuse, actions) and started(actions) is None  # b goes first, on the next pass
+    assert admission_candidates([older, younger]) == [younger, older]
+
+
+def test_a_store_being_deleted_starts_nothing() -> None:
+    body = {
+        "metadata": {"name": "s", "deletionTimestamp": "2026-11-29T00:00:00Z"},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    deleting = store_view(body, maintenance_due="r1")
+    assert not deleting.ready
+    actions = plan([batch("a")], store_seen=deleting)
+    assert started(actions) is None and not of(StartMaintenance, actions)

@@ -19,6 +19,7 @@ from icechunk_operator.engine.commits import (
     initialize_repository,
     load_ledger,
 )
+from icechunk_operator.engine.errors import Refused
 from icechunk_operator.engine.execution import (
     auto_files_per_task,
     dask_client,
@@ -63,6 +64,7 @@ class RunReport:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     tolerance: int = 0
     error: str | None = None
+    refused: bool = False  # the error is a refusal (an existing tag, a staged group that fails its read)
     promoted: str | None = None  # the staged snapshot the target branch moved to
     tagged: str | None = None  # the snapshot spec.tag names
 
@@ -215,7 +217,7 @@ def run_batch(
         except TargetMovedError:
             raise  # a crash, not a refusal: the retry stages afresh on the new tip
         except StagingRefusedError as error:
-            report.error = str(error)
+            report.error, report.refused = str(error), isinstance(error, Refused)
         else:
             report.promoted = promoted
     if batch.spec.tag and report.succeeded:
@@ -223,7 +225,7 @@ def run_batch(
         try:
             tag_once(repo, batch.spec.tag, tip)
         except TagTakenError as error:
-            report.error = str(error)
+            report.error, report.refused = str(error), True
         else:
             report.tagged = tip
     stage("done")

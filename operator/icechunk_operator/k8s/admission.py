@@ -46,6 +46,8 @@ def check_batch(
         check_sources(batch.spec.source, store.spec)
     except ValueError as error:  # Refused, and the models' own checks of URLs
         return Admission(invalid=str(error))
+    if store_body["metadata"].get("deletionTimestamp") is not None:
+        return Admission(waiting=f"IcechunkStore {name} is being deleted")
     if not is_ready(store_body):
         return Admission(waiting=f"IcechunkStore {name} is not Ready")
     uses_index = batch.spec.source.index is not None or batch.spec.source.remove_index is not None

@@ -37,11 +37,19 @@ from icechunk_operator.k8s.plan import (
     SetPosition,
     Start,
     StartMaintenance,
+    job_end,
     retry_hint,
 )
 from icechunk_operator.k8s.schedules import jobs_to_prune, schedule_time
 from icechunk_operator.k8s.settings import OperatorSettings
-from icechunk_operator.k8s.views import RETRY_ANNOTATION, BatchView, JobOutcome, Reason, job_view
+from icechunk_operator.k8s.views import (
+    RETRY_ANNOTATION,
+    BatchView,
+    JobOutcome,
+    Reason,
+    batch_view,
+    job_view,
+)
 
 log = logging.getLogger("icechunk_operator.controller")
 
@@ -62,40 +70,61 @@ class Applier:
         self.api, self.settings, self.post_event, self.metrics = api, settings, post_event, metrics
 
     def apply(self, namespace: str, store_body: dict[str, Any] | None, actions: list[Action]) -> bool:
+        """Apply each action; one that fails (the API server refusing a Job, a lost connection)
+        is logged and said in an Event, and the others still run. The next pass tries again."""
         finished = False
         for action in actions:
-            match action:
-                case Queue():
-                    self._queue(namespace, action)
-                case Requeue():
-                    self._requeue(namespace, action)
-                case Refuse():
-                    self._refuse(namespace, action)
-                case Start():
-                    self._start(namespace, action.batch)
-                case Adopt():
-                    self._adopt(namespace, action)
-                case Finish():
-                    finished |= self._finish(namespace, action)
-                case Lost():
-                    self._lost(namespace, action.batch)
-                case SetPosition():
-                    self._set_position(namespace, action)
-                case DeleteJob():
-                    self.api.delete_job(namespace, action.job)
-                case StartMaintenance() if store_body is not None:
-                    self._start_maintenance(store_body, action.run)
-                case MaintenanceFailed() if store_body is not None:
-                    self._maintenance_failed(store_body, action.job, action.message)
+            try:
+                finished |= self._apply_one(namespace, store_body, action)
+            except Exception as error:
+                log.exception("namespace %s: %s failed", namespace, action)
+                target = getattr(action, "batch", None)
+                body = (
+                    self.api.get(names.BATCHES, namespace, target.name) if target is not None else store_body
+                )
+                if body is not None:
+                    message = (
+                        f"{type(action).__name__} failed: {one_line_error(error)}; retried on the next pass"
+                    )
+                    self.post_event(body, "Warning", "ActionFailed", message)
         return finished
+
+    def _apply_one(self, namespace: str, store_body: dict[str, Any] | None, action: Action) -> bool:
+        """Whether a batch finished."""
+        match action:
+            case Finish():
+                return self._finish(namespace, action)
+            case Queue():
+                self._queue(namespace, action)
+            case Requeue():
+                self._requeue(namespace, action)
+            case Refuse():
+                self._refuse(namespace, action)
+            case Start():
+                self._start(namespace, action.batch)
+            case Adopt():
+                self._adopt(namespace, action)
+            case Lost():
+                self._lost(namespace, action.batch)
+            case SetPosition():
+                self._set_position(namespace, action)
+            case DeleteJob():
+                self.api.delete_job(namespace, action.job, action.uid)
+            case StartMaintenance() if store_body is not None:
+                self._start_maintenance(store_body, action.run)
+            case MaintenanceFailed() if store_body is not None:
+                self._maintenance_failed(store_body, action.job, action.message)
+        return False
 
     # Batches -------------------------------------------------------------------------------
     def _fresh(self, namespace: str, view: BatchView, *phases: BatchPhase | None) -> dict[str, Any] | None:
-        """The batch as the API server has it now, if it is still this one and in ``phases``."""
+        """The batch as the API server has it now, if it is still this one (uid), at the attempt
+        the plan saw, and in ``phases``."""
         body = self.api.get(names.BATCHES, namespace, view.name)
         if body is None or body["metadata"].get("uid") != view.uid:
             return None
-        if (body.get("status") or {}).get("phase") not in phases:
+        status = body.get("status") or {}
+        if status.get("phase") not in phases or int(status.get("attempt") or 0) != view.attempt:
             return None
         return body
 
@@ -137,8 +166,8 @@ class Applier:
         """The next attempt: a new Job name, the counts left for the pod to overwrite, and the
         retry request marked as acted on, so it re-queues once."""
         body = self._fresh(namespace, action.batch, BatchPhase.FAILED)
-        if body is None:
-            return
+        if body is None or not ((fresh := batch_view(body)).retry_pending or fresh.spec_changed):
+            return  # acted on already (the plan saw a stale view)
         status = body.get("status") or {}
         attempt = int(status.get("attempt") or 0) + 1
         request = (body["metadata"].get("annotations") or {}).get(RETRY_ANNOTATION)
@@ -154,6 +183,8 @@ class Applier:
             commitJob=None,
             message=None,
             stage=None,
+            failureLog=None,
+            meanCommitSeconds=None,
         )
         self.post_event(body, "Normal", Reason.RETRY_REQUESTED, message)
         log.info("batch %s/%s: %s", namespace, action.batch.name, message)
@@ -169,11 +200,12 @@ class Applier:
         store = IcechunkStore.model_validate(without_status(store_body))
         attempt = int((body.get("status") or {}).get("attempt") or 0)
         manifest = children.commit_job(batch, store, self.settings, attempt)
-        # The Job first: if a deleted namesake's Job still has the name, nothing is created. Its
-        # pod waits for the scheduler (a deadline of its own), so the cluster may come second.
+        # The workers first, then the Job: the Job's pod must never meet a namesake's scheduler.
+        # Either may exist already (a pass that stopped half way); a deleted namesake's is
+        # removed or waited for, and the next pass tries again.
         try:
-            job = self.api.create_job(manifest)
             cluster_name = self._ensure_dask_cluster(batch, store)
+            job = self.api.create_job(manifest)
         except ChildOwnedByAnother as error:  # the garbage collector removes it; the next pass retries
             log.info("batch %s/%s: waiting: %s", namespace, view.name, error)
             return
@@ -258,30 +290,26 @@ class Applier:
         if any(j.name == wanted and j.owner_uid == view.uid for j in jobs):
             return
         message = f"the commit Job disappeared before the batch finished; {retry_hint(view.name)}"
+        self._teardown(namespace, body)  # first: once the batch is Failed, no pass looks at it again
         if self.set_batch_phase(
             body, BatchPhase.FAILED, Reason.COMMIT_JOB_LOST, message, completionTime=now()
         ):
             self.post_event(body, "Warning", Reason.COMMIT_JOB_LOST, message)
-        self._teardown(namespace, body)
 
     def _finish(self, namespace: str, action: Finish) -> bool:
         body = self._fresh(namespace, action.batch, None, BatchPhase.QUEUED, BatchPhase.RUNNING)
         if body is None:
             return False
+        # The counts as the pod last wrote them, not as the (maybe older) watch saw them.
+        phase, reason, message = job_end(batch_view(body), action.job)
+        self._teardown(namespace, body)  # first: once the batch has ended, no pass looks at it again
         completed = now()
         self.set_batch_phase(
-            body,
-            action.phase,
-            action.reason,
-            action.message,
-            completionTime=completed,
-            commitJob=action.job.name,
+            body, phase, reason, message, completionTime=completed, commitJob=action.job.name
         )
         self._observe(body, completed)
-        self._teardown(namespace, body)
-        good = action.phase == BatchPhase.SUCCEEDED
-        self.post_event(body, "Normal" if good else "Warning", action.reason, action.message)
-        log.info("batch %s/%s: %s (%s)", namespace, action.batch.name, action.phase, action.message)
+        self.post_event(body, "Normal" if phase == BatchPhase.SUCCEEDED else "Warning", reason, message)
+        log.info("batch %s/%s: %s (%s)", namespace, action.batch.name, phase, message)
         return True
 
     def _observe(self, body: dict[str, Any], completed: str) -> None:

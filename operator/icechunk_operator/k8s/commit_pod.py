@@ -160,6 +160,9 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
             )
         return ExitCode.CRASHED
     api.patch_status(names.BATCHES, namespace, name, report_status(report, earlier_commits))
+    if report.refused:  # the files are in, but the tag or the promotion was refused: exit 2
+        log.error("batch %s/%s refused: %s", namespace, name, report.error)
+        return ExitCode.REFUSED
     log.info(
         "batch %s/%s: %d done, %d skipped, %d failed of %d; commits %s",
         namespace,

@@ -19,6 +19,7 @@ from typing import Any
 
 from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.exiting import one_line_error
 from icechunk_operator.k8s.apply import Applier, EventPoster
 from icechunk_operator.k8s.deletion import DataDeleter
 from icechunk_operator.k8s.kube import KubeApi
@@ -29,6 +30,9 @@ from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.store_probe import ProbeError, ProbeRefusedError, run_in_child_blocking
 from icechunk_operator.k8s.store_status import StoreStatus, store_secret_env
 from icechunk_operator.k8s.views import Admission, BatchView
+
+#: Index files found fine, remembered so a queue does not re-read them on every pass.
+INDEX_CHECKS_REMEMBERED = 10_000
 
 
 class Controller:
@@ -46,7 +50,7 @@ class Controller:
         self.deleter = DataDeleter(api, post_event)
         self.batch_index: Any = {}  # Kopf's batches_by_store index, once a handler has seen it
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._index_checks: dict[tuple[str, int | None], Admission | None] = {}
+        self._index_checks: set[tuple[str, int | None, int | None]] = set()
 
     @property
     def metrics(self) -> OperatorMetrics | None:
@@ -75,16 +79,25 @@ class Controller:
         return False
 
     def _check_index(self, batch: IngestBatch, store: IcechunkStore) -> Admission | None:
-        """The URLs inside a batch's index files, read in a child process once per generation."""
-        key = (batch.metadata.uid or batch.metadata.name, batch.metadata.generation)
-        if key not in self._index_checks:
+        """The URLs inside a batch's index files, read in a child process. A pass is remembered
+        per batch generation and store spec; a refusal is not (the index may be fixed in place
+        and the batch retried), and a refused batch is not checked again until it is retried."""
+        key = (
+            batch.metadata.uid or batch.metadata.name,
+            batch.metadata.generation,
+            store.metadata.generation,
+        )
+        if key in self._index_checks:
+            return None
+        try:
             secrets = store_secret_env(self.api, store)
-            try:
-                run_in_child_blocking("check-index", store.spec, secrets, source=batch.spec.source)
-            except ProbeRefusedError as error:
-                self._index_checks[key] = Admission(invalid=str(error))
-            except ProbeError as error:  # unreadable now (a network error): tried again next pass
-                return Admission(waiting=f"spec.source: the index could not be read: {error}")
-            else:
-                self._index_checks[key] = None
-        return self._index_checks[key]
+            run_in_child_blocking("check-index", store.spec, secrets, source=batch.spec.source)
+        except ProbeRefusedError as error:
+            return Admission(invalid=str(error))
+        except Exception as error:  # unreadable now (a network error, a Secret missing): not yet
+            message = str(error) if isinstance(error, ProbeError) else one_line_error(error)
+            return Admission(waiting=f"spec.source: the index could not be read: {message}")
+        if len(self._index_checks) >= INDEX_CHECKS_REMEMBERED:
+            self._index_checks.clear()
+        self._index_checks.add(key)
+        return None

@@ -5,6 +5,8 @@ store can be deleted while the operator is down). When such a store is deleted, 
 deleted in a child process, and only once that succeeded is the finalizer removed: a failed delete
 (a read-only bucket, expired credentials) leaves the store in place, says why in an Event, and is
 tried again with a growing delay until it succeeds or someone removes the finalizer by hand.
+A writer Job of the store that still runs is waited for first: its next commit would bring data
+back. (A store being deleted is not Ready, so no new batch or maintenance run starts on it.)
 Kopf does not retry event handlers, so the retries are a task of their own, one per store.
 """
 
@@ -24,6 +26,7 @@ from icechunk_operator.k8s.apply import EventPoster
 from icechunk_operator.k8s.kube import KubeApi, without_status
 from icechunk_operator.k8s.store_probe import ProbeError, run_in_child
 from icechunk_operator.k8s.store_status import store_secret_env
+from icechunk_operator.k8s.views import JobOutcome, job_view
 
 log = logging.getLogger("icechunk_operator.deletion")
 
@@ -80,18 +83,24 @@ class DataDeleter:
         return metadata.get("deletionTimestamp") is not None
 
     async def _delete_until_done(self, namespace: str, name: str) -> None:
+        try:
+            await self._delete_with_retries(namespace, name)
+        finally:
+            self._tasks.pop((namespace, name), None)
+
+    async def _delete_with_retries(self, namespace: str, name: str) -> None:
         failures = 0
         while True:
             body = await asyncio.to_thread(self.api.get, names.STORES, namespace, name)
             if body is None or finalizer_step(body) != FinalizerStep.DELETE_DATA:
                 return  # gone, or someone removed the finalizer by hand
+            writer = await asyncio.to_thread(self._running_writer, namespace, name)
+            if writer is not None:  # its next commit would bring data back: let it end first
+                log.info("store %s/%s: deleting its data once Job %s has ended", namespace, name, writer)
+                await asyncio.sleep(self.first_delay)
+                continue
             try:
                 deleted = await self._delete_data(body)
-                self.post_event(body, "Normal", "DataDeleted", f"deleted {deleted} objects of the repository")
-                log.info("store %s/%s: deleted %d objects", namespace, name, deleted)
-                kept = [f for f in body["metadata"]["finalizers"] if f != names.FINALIZER_DELETE_DATA]
-                await asyncio.to_thread(self._set_finalizers, body["metadata"], kept)
-                return
             except Exception as error:  # said in an Event and retried; never dropped
                 failures += 1
                 delay = retry_delay(failures, self.first_delay)
@@ -100,6 +109,21 @@ class DataDeleter:
                 self.post_event(body, "Warning", "DataDeletionFailed", text)
                 log.warning("store %s/%s: %s", namespace, name, text)
                 await asyncio.sleep(delay)
+                continue
+            self.post_event(body, "Normal", "DataDeleted", f"deleted {deleted} objects of the repository")
+            log.info("store %s/%s: deleted %d objects", namespace, name, deleted)
+            kept = [f for f in body["metadata"]["finalizers"] if f != names.FINALIZER_DELETE_DATA]
+            try:
+                await asyncio.to_thread(self._set_finalizers, body["metadata"], kept)
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+                continue  # changed meanwhile: read it again (deleting again finds nothing)
+            return
+
+    def _running_writer(self, namespace: str, store: str) -> str | None:
+        jobs = [job_view(job) for job in self.api.store_jobs(namespace, store)]
+        return next((j.name for j in jobs if j.writes and j.outcome == JobOutcome.RUNNING), None)
 
     async def _delete_data(self, body: dict[str, Any]) -> int:
         store = IcechunkStore.model_validate(without_status(body))

@@ -62,7 +62,11 @@ def _owner_uids(obj: dict[str, Any]) -> set[str]:
 
 
 def _check_owner(existing: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    """``existing`` when it has the owner ``manifest`` names; else ChildOwnedByAnother."""
+    """``existing`` when it has the owner ``manifest`` names and is not going away; else
+    ChildOwnedByAnother (the caller waits for a later pass)."""
+    if (existing.get("metadata") or {}).get("deletionTimestamp"):
+        metadata = existing.get("metadata") or {}
+        raise ChildOwnedByAnother(f"{existing.get('kind', 'object')} {metadata.get('name')} is being deleted")
     wanted = _owner_uids(manifest)
     if wanted and not wanted & _owner_uids(existing):
         metadata = existing.get("metadata") or {}
@@ -146,12 +150,16 @@ class KubeApi:
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)
         return [self._plain(job) for job in jobs.items]
 
-    def delete_job(self, namespace: str, name: str) -> None:
-        """Delete a Job and, in the background, its pods."""
+    def delete_job(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a Job and, in the background, its pods; with ``uid``, only if it is still that
+        Job (not a new one of the same name)."""
+        options = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid) if uid else None
+        )
         try:
-            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            self.batch.delete_namespaced_job(name, namespace, body=options)
         except ApiException as error:
-            if error.status != 404:
+            if error.status not in (404, 409):  # gone, or another Job has the name now
                 raise
 
     def store_jobs(self, namespace: str, store: str) -> list[dict[str, Any]]:

@@ -117,6 +117,7 @@ class DeleteJob:
     """A finished Job that no batch owns any more and whose name a batch needs."""
 
     job: str
+    uid: str  # deleted only if it is still this Job
 
 
 Action = (
@@ -185,8 +186,9 @@ def admission_candidates(batches: tuple[BatchView, ...] | list[BatchView]) -> li
     store may have changed since it was admitted)."""
     ordered = sorted(batches, key=lambda b: (b.created, b.name))
     wanted = [b for b in ordered if _needs_admission(b)]
-    head = next((b for b in ordered if b.phase == BatchPhase.QUEUED and not _needs_admission(b)), None)
-    return wanted + ([head] if head is not None else [])
+    waiting = [b for b in ordered if b.phase in (None, BatchPhase.QUEUED) or b in wanted]
+    head = waiting[0] if waiting else None
+    return wanted + ([head] if head is not None and head not in wanted else [])
 
 
 def _needs_admission(batch: BatchView) -> bool:
@@ -256,11 +258,13 @@ def plan_store(observed: Observed) -> list[Action]:
         pass  # the store is held; everything else waits
     elif store is not None and store.maintenance_due is not None and ready:
         actions.append(StartMaintenance(store.maintenance_due))
-    elif ready:
-        # A batch re-queued just now starts on the next pass, from its new attempt's status.
-        startable = [b for b in waiting if b.phase != BatchPhase.FAILED and _admitted(b, observed.admissions)]
-        if startable:
-            started = startable[0]
+    elif ready and waiting:
+        # First come, first served: only the oldest waiting batch may start, once it was checked
+        # against the store just now (else the next pass checks it). A batch re-queued just now
+        # starts on the next pass, from its new attempt's status.
+        head = waiting[0]
+        if head.phase != BatchPhase.FAILED and _admitted(head, observed.admissions):
+            started = head
             actions.append(Start(started))
     if store is not None and store.maintenance_job is not None:
         job = jobs_by_name.get(store.maintenance_job)
@@ -284,4 +288,4 @@ def _admitted(batch: BatchView, admissions: dict[str, Admission]) -> bool:
 def _free_name(job: JobView, batch: BatchView) -> list[Action]:
     """A finished Job of a predecessor with this batch's Job name: delete it so the name is free
     (a running one holds the store until it ends, and is left alone)."""
-    return [DeleteJob(job.name)] if job.outcome != JobOutcome.RUNNING else []
+    return [DeleteJob(job.name, job.uid)] if job.outcome != JobOutcome.RUNNING else []

@@ -43,8 +43,8 @@ def report_status(report: ReconcileReport, generation: int | None) -> dict[str, 
 
 def run_reconcile_pod(reference: str) -> int:
     """Run the Reconciliation ``NAMESPACE/NAME``; returns the process exit code."""
+    from icechunk_operator.engine.errors import Refused
     from icechunk_operator.engine.reconcile import repair_batch, run_reconciliation
-    from icechunk_operator.engine.urls import SourceOutsideContainersError
 
     api, namespace, name, body = pod_connection(reference, names.RECONCILIATIONS)
     if body is None:
@@ -70,7 +70,7 @@ def run_reconcile_pod(reference: str) -> int:
 
     try:
         report = run_reconciliation(store, reconciliation)
-    except (SourceOutsideContainersError, FileNotFoundError) as error:
+    except (Refused, FileNotFoundError) as error:
         return refuse(str(error)[:1024])
     status = report_status(report, generation)
     summary = ", ".join(f"{category} {count}" for category, count in report.counts().items())

@@ -114,7 +114,9 @@ def _result(returncode: int | None, stdout: bytes, stderr: bytes) -> dict[str, A
     lines = stdout.decode().strip().splitlines()
     answer: dict[str, Any] = json.loads(lines[-1]) if lines else {}
     if returncode != 0 or "error" in answer:
-        message = str(answer.get("error") or stderr.decode().strip().splitlines()[-1:] or "failed")
+        # The child answers with a safe one-line error; its stderr could hold anything, so it
+        # goes no further than saying the child failed.
+        message = str(answer.get("error") or f"the store's child process failed (exit code {returncode})")
         raise ProbeRefusedError(message) if returncode == 2 else ProbeError(message)
     return answer
 

@@ -45,6 +45,8 @@ class StoreStatus:
     async def refresh(self, body: dict[str, Any], *, force: bool = False) -> None:
         """Probe the store when due (or ``force``) and write what was found into its status."""
         metadata = body["metadata"]
+        if metadata.get("deletionTimestamp") is not None:
+            return  # a probe would create the repository again while its data is being deleted
         key = (metadata["namespace"], metadata["name"])
         async with self._locks[key]:
             generation = metadata.get("generation")

@@ -95,6 +95,7 @@ class JobView:
     component: str = "commit"
     exit_code: int | None = None  # the exit code a pod failure policy failed the Job on
     failed_pods: int = 0
+    uid: str = ""
 
     @property
     def writes(self) -> bool:
@@ -150,6 +151,7 @@ def job_view(job: dict[str, Any]) -> JobView:
         component=labels.get(names.LABEL_COMPONENT, ""),
         exit_code=int(code.group(1)) if code else None,
         failed_pods=int(status.get("failed") or 0),
+        uid=metadata.get("uid", ""),
     )
 
 
@@ -188,11 +190,12 @@ def is_ready(body: dict[str, Any]) -> bool:
 
 
 def store_view(body: dict[str, Any], maintenance_due: str | None) -> StoreView:
+    """A store being deleted is never ready: nothing new may write to data about to go."""
     maintenance = (body.get("status") or {}).get("maintenance") or {}
     running = maintenance.get("result") == MaintenanceResult.RUNNING.value
     return StoreView(
         name=body["metadata"]["name"],
-        ready=is_ready(body),
+        ready=is_ready(body) and body["metadata"].get("deletionTimestamp") is None,
         maintenance_due=maintenance_due,
         maintenance_job=maintenance.get("job") if running else None,
     )
