@@ -27,11 +27,16 @@ class ExitCode(IntEnum):
     CRASHED = 3  # an uncaught exception; signals and OOM kills give 128+n, also crashes
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message up to its first line break: what fits in a status field or an Event."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def one_line_error(error: BaseException) -> str:
     """An error for status, Events and the terminal: its class and first line, nothing longer
     (a traceback belongs in a log; a long message would be cut by the API anyway)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}"[:512]
+    return f"{type(error).__name__}: {first_line(error)}"[:512]
 
 
 def exit_now(code: int) -> NoReturn:

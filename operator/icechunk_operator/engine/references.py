@@ -21,6 +21,7 @@ from typing import Any
 
 from icechunk_operator.api.store import IcechunkStoreSpec
 from icechunk_operator.engine.records import LedgerEntry
+from icechunk_operator.exiting import one_line_error
 
 READS_IN_FLIGHT = 32
 
@@ -60,8 +61,7 @@ async def sample_groups(store: Any, groups: Iterable[str]) -> list[tuple[str, st
             try:
                 await _sample_group(store, group)
             except Exception as error:  # any failure to read is the finding
-                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
-                return group, f"sample read failed: {type(error).__name__}: {first_line}"
+                return group, f"sample read failed: {one_line_error(error)}"
             return None
 
     results = await asyncio.gather(*(sample(g) for g in groups))

@@ -21,6 +21,7 @@ from icechunk_operator.api.store import (
 )
 from icechunk_operator.engine.credentials import resolve_credentials
 from icechunk_operator.engine.urls import split_url
+from icechunk_operator.exiting import first_line
 
 
 def quiet_logs() -> None:
@@ -257,7 +258,7 @@ def delete_objects(store: Any, prefix: str, url: str) -> int:
     except Exception as error:
         raise DeleteFailedError(
             f"storage.url: {url}: deleting failed after {deleted} objects ({type(error).__name__}: "
-            f"{_first_line(error)})"
+            f"{first_line(error)})"
         ) from error
     left = [
         entry["path"] for listed in obstore.list(store, prefix=prefix, chunk_size=1000) for entry in listed
@@ -268,8 +269,3 @@ def delete_objects(store: Any, prefix: str, url: str) -> int:
             f"the first {left[0]}"
         )
     return deleted
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""

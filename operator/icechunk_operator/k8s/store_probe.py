@@ -21,6 +21,7 @@ from typing import Any
 from icechunk_operator.api.batch import SourceSpec
 from icechunk_operator.api.store import IcechunkStoreSpec
 from icechunk_operator.engine.errors import Refused
+from icechunk_operator.exiting import first_line, one_line_error
 
 PROBE_TIMEOUT_SECONDS = 300.0
 #: How many of the branch's newest snapshots status lists; ``icechunk-operator history`` has all.
@@ -183,14 +184,9 @@ def answer(request: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         with credentials_environment(request.get("env") or {}):
             return 0, ACTIONS[action](spec, request)
     except Refused as error:  # the message names the field and is meant for status.message
-        return 2, {"error": _first_line(error)[:1024], "refused": True}
+        return 2, {"error": first_line(error)[:1024], "refused": True}
     except Exception as error:  # reported to the operator as a one-line message, no traceback
-        return 1, {"error": f"{type(error).__name__}: {_first_line(error)}"[:512]}
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
+        return 1, {"error": one_line_error(error)}
 
 
 def main() -> int:
