@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,6 +50,7 @@ class Controller:
         self.deleter = DataDeleter(api, post_event)
         self.batch_index: Any = {}  # Kopf's batches_by_store index, once a handler has seen it
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._waiting: set[tuple[str, str]] = set()  # stores whose next pass has not started
         self._index_checks: set[tuple[str, int | None, int | None]] = set()
 
     @property
@@ -60,11 +61,30 @@ class Controller:
     def metrics(self, metrics: OperatorMetrics | None) -> None:
         self.applier.metrics = metrics
 
-    async def sync_store(self, namespace: str, store: str, batches: Iterable[BatchView]) -> None:
-        """One pass over a store's queue."""
-        async with self._locks[(namespace, store)]:
+    async def sync_store(
+        self, namespace: str, store: str, batches: Callable[[], Iterable[BatchView]]
+    ) -> None:
+        """One pass over a store's queue, unless one is already waiting to start.
+
+        As in a controller's work queue, a store is queued at most once: a pass that has not
+        started yet reads the batches (``batches()``, the live watch index) and the Jobs when it
+        starts, so it covers every event that arrives before then. A burst of a thousand batch
+        events costs a few passes, not a thousand.
+        """
+        key = (namespace, store)
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
+        async with self._locks[key]:
+            self._waiting.discard(key)
             observed, store_body = await asyncio.to_thread(
-                observe_store, self.api, namespace, store, batches, datetime.now(UTC), self._check_index
+                observe_store,
+                self.api,
+                namespace,
+                store,
+                list(batches()),
+                datetime.now(UTC),
+                self._check_index,
             )
             actions = plan_store(observed)
             finished = await asyncio.to_thread(self.applier.apply, namespace, store_body, actions)

@@ -79,7 +79,7 @@ async def _sync(memo: Any, index: BatchIndex, namespace: str | None, store: str)
     controller: Controller = memo["controller"]
     controller.batch_index = index  # the same live mapping every time; kept for the metrics
     namespace = namespace or "default"  # every resource here is namespaced; Kopf types allow None
-    await controller.sync_store(namespace, store, list(index.get((namespace, store), [])))
+    await controller.sync_store(namespace, store, lambda: index.get((namespace, store), []))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.BATCHES)

@@ -17,7 +17,7 @@ from icechunk_operator.k8s.admission import IndexChecker, check_batch
 from icechunk_operator.k8s.kube import KubeApi
 from icechunk_operator.k8s.maintenance import due_maintenance
 from icechunk_operator.k8s.plan import Observed, admission_candidates
-from icechunk_operator.k8s.views import Admission, BatchView, job_view, store_view
+from icechunk_operator.k8s.views import BatchView, batch_view, job_view, store_view
 
 
 def observe_store(
@@ -29,14 +29,21 @@ def observe_store(
     check_index: IndexChecker | None = None,
 ) -> tuple[Observed, dict[str, Any] | None]:
     """What the plan needs of ``store``, and the store's body (the actions that touch it use it)."""
-    batches = tuple(batches)
+    seen = {batch.uid: batch for batch in batches}
     store_body = api.get(names.STORES, namespace, store)
     jobs = tuple(job_view(job) for job in api.store_jobs(namespace, store))
-    admissions: dict[str, Admission] = {}
-    for batch in admission_candidates(batches):
+    bodies: dict[str, dict[str, Any]] = {}
+    for batch in admission_candidates(list(seen.values())):
         body = api.get(names.BATCHES, namespace, batch.name)
         if body is None or body["metadata"].get("uid") != batch.uid:
             continue  # deleted (or replaced) since the watch saw it
-        admissions[batch.uid] = check_batch(body, store_body, check_index)
+        bodies[batch.uid] = body
+        seen[batch.uid] = batch_view(body)  # the watch may lag behind what a pass just wrote
+    batches = tuple(seen.values())
+    admissions = {  # only what still needs a check once the views are fresh
+        batch.uid: check_batch(bodies[batch.uid], store_body, check_index)
+        for batch in admission_candidates(batches)
+        if batch.uid in bodies
+    }
     store_seen = None if store_body is None else store_view(store_body, due_maintenance(store_body, now))
     return Observed(store_seen, batches, jobs, admissions), store_body
