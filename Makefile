@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy image image-lock clean
+.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy image image-lock clean
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,11 @@ lint: setup
 
 test: lint control-plane chart-tools toxiproxy
 	$(PY) -m pytest -q
+
+# The fault matrix alone: kills at each stage, storage and control-plane faults, hostile input,
+# secret canaries (make test runs it too).
+test-faults: setup control-plane chart-tools toxiproxy
+	$(PY) -m pytest -q -m faults
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not s3 and not azure and not k8s"

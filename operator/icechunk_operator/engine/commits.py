@@ -20,6 +20,7 @@ from icechunk_operator.engine.ledger import encode_page, new_page_name, page_doc
 from icechunk_operator.engine.planning import WriteMode
 from icechunk_operator.engine.records import LedgerEntry, now_iso
 from icechunk_operator.engine.writer import GroupWriter
+from icechunk_operator.failpoints import failpoint
 
 MESSAGE_GROUPS_SHOWN = 5
 FLUSH_GROUPS = 64
@@ -105,6 +106,7 @@ class CheckpointedWriter:
             return
         started = time.perf_counter()
         self._writer.write(self._session, self._buffer)
+        failpoint("written")  # groups in the session, not yet committed
         stamp = now_iso()
         for payload in self._buffer:
             self._record(payload, stamp)
@@ -159,6 +161,7 @@ class CheckpointedWriter:
             "files": sum(1 for e in self._pending_entries if not e.removed),
             "failed": self._failed_since_commit,
         }
+        failpoint("commit")  # with kill-after: the kill lands inside the commit below
         try:
             snapshot = self._session.commit(
                 message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
@@ -168,6 +171,7 @@ class CheckpointedWriter:
                 f"branch {self._branch!r} moved and another writer touched the same groups: "
                 f"{error}. Nothing of this checkpoint was committed; run the batch again."
             ) from error
+        failpoint("commit.after")  # committed, not yet counted or reported
         self.stats.commits.append(snapshot)
         self.stats.commit_seconds += time.perf_counter() - started
         self._pending_entries = []

@@ -32,6 +32,7 @@ from icechunk_operator.engine.virtualize import (
     VirtualizeOptions,
     virtualize_file,
 )
+from icechunk_operator.failpoints import failpoint
 
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -116,6 +117,7 @@ def virtualize_group(
     outcome = GroupOutcome(work.group, work.size, None)
     good: list[tuple[SourceFile, xr.Dataset]] = []
     for source in work.files:
+        failpoint("worker.file")  # on a Dask worker: a kill here loses the task in flight
         fetched, prefetched = next(heads)
         if fetched != source:
             raise RuntimeError(f"prefetch out of order: {fetched.url} for {source.url}")

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from icechunk_operator.engine.errors import Refused
+from icechunk_operator.failpoints import failpoint
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -110,9 +111,11 @@ def expire_and_collect(
     now = now or datetime.now(UTC)
     written = [info.written_at for info in repo.ancestry(branch=branch)]
     cutoff = expiry_cutoff(written, older_than=older_than, keep=keep, now=now)
+    failpoint("expire")  # with kill-after: the kill lands inside the expiry
     expired = repo.expire_snapshots(
         older_than=cutoff, delete_expired_branches=False, delete_expired_tags=False
     )
+    failpoint("collect")  # expired, not yet collected (with kill-after: inside the collection)
     summary = repo.garbage_collect(delete_object_older_than=cutoff)
     return ExpiryReport(
         cutoff=cutoff,

@@ -35,6 +35,7 @@ from icechunk_operator.engine.sources import check_index_contents, list_sources,
 from icechunk_operator.engine.staging import StagingRefusedError, TargetMovedError, promote, start_staging
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
+from icechunk_operator.failpoints import failpoint
 
 
 @dataclass
@@ -128,6 +129,7 @@ def run_batch(
     removed = read_url_list(source.remove_index, store.spec) if source.remove_index else []
     plan = plan_ingest(files, without(ledger, removed), batch.spec.grouping, source.skip)
     deleted_groups = plan_removals(plan, removed, ledger, batch.spec.grouping)
+    failpoint("planning")
     stages["plan"] = time.perf_counter() - started
 
     report.total = len(files)
@@ -175,6 +177,7 @@ def run_batch(
                     execution.files_in_flight,
                 )
                 for outcome in outcomes:
+                    failpoint("virtualizing")
                     virtualize_seconds += outcome.seconds
                     report.failures.extend(outcome.failures)
                     report.failed += len(outcome.failures)
@@ -210,6 +213,7 @@ def run_batch(
                 url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
             )
             report.failure_log = url
+    failpoint("committed")  # every checkpoint is in; the caller has not reported it yet
     if base is not None and report.error is None:
         stage("validating")
         try:

@@ -25,6 +25,7 @@ from icechunk_operator.engine.urls import (
     container_for,
     split_url,
 )
+from icechunk_operator.failpoints import failpoint
 
 _NOT_SEP = "[^/]"  # one character of one path segment
 
@@ -182,6 +183,7 @@ def _list_prefix(prefix: str, pattern: str, store: IcechunkStoreSpec) -> list[So
         root = "file:///"
     files = []
     for batch in object_store.list(prefix=path.rstrip("/") or None):
+        failpoint("listing")
         for meta in batch:
             relative = meta["path"][len(path) :] if path else meta["path"]
             if regex.fullmatch(relative):

@@ -16,6 +16,7 @@ import posixpath
 from typing import Any
 
 from icechunk_operator.engine.errors import Refused
+from icechunk_operator.failpoints import failpoint
 
 log = logging.getLogger("icechunk_operator.staging")
 
@@ -93,11 +94,13 @@ def promote(repo: Any, staging: str, target: str, base: str) -> str | None:
     current = str(repo.lookup_branch(target))
     if current != base:
         raise TargetMovedError(_moved(target, base, current, staged, staging))
+    failpoint("promote")  # validated, target not moved yet
     try:
         repo.reset_branch(target, staged, from_snapshot_id=base)
     except Exception as error:  # the compare-and-swap lost a race with another writer
         current = str(repo.lookup_branch(target))
         raise TargetMovedError(_moved(target, base, current, staged, staging)) from error
+    failpoint("promote.after")  # target moved, staging branch not deleted yet
     repo.delete_branch(staging)
     return staged
 

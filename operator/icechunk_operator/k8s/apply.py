@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from icechunk_operator.api.batch import BatchPhase, IngestBatch
 from icechunk_operator.api.store import IcechunkStore, MaintenanceResult
 from icechunk_operator.exiting import one_line_error
+from icechunk_operator.failpoints import failpoint
 from icechunk_operator.k8s import children, names
 from icechunk_operator.k8s.conditions import batch_phase_conditions, now
 from icechunk_operator.k8s.kube import ChildOwnedByAnother, KubeApi, without_status
@@ -151,6 +152,7 @@ class Applier:
     def _queue(self, namespace: str, action: Queue) -> None:
         body = self._fresh(namespace, action.batch, None, BatchPhase.QUEUED)
         if body is not None and self.set_batch_phase(body, BatchPhase.QUEUED, action.reason, action.message):
+            failpoint("operator.queued")  # admitted to the store's queue, no Event yet
             self.post_event(body, "Normal", action.reason, action.message)
 
     def _refuse(self, namespace: str, action: Refuse) -> None:
@@ -209,6 +211,7 @@ class Applier:
         except ChildOwnedByAnother as error:  # the garbage collector removes it; the next pass retries
             log.info("batch %s/%s: waiting: %s", namespace, view.name, error)
             return
+        failpoint("operator.job-created")  # the Job exists, the batch is not Running yet
         job_name = job["metadata"]["name"]
         message = f"commit Job {job_name} started" + (
             f" with DaskCluster {cluster_name}" if cluster_name else ""
@@ -222,6 +225,7 @@ class Applier:
             commitJob=job_name,
             daskCluster=cluster_name,
         )
+        failpoint("operator.started")  # Running, no Event yet
         self.post_event(body, "Normal", Reason.STARTED, message)
         log.info("batch %s/%s: %s", namespace, view.name, message)
 
@@ -302,11 +306,13 @@ class Applier:
             return False
         # The counts as the pod last wrote them, not as the (maybe older) watch saw them.
         phase, reason, message = job_end(batch_view(body), action.job)
+        failpoint("operator.job-finished")  # the Job ended, the batch does not say so yet
         self._teardown(namespace, body)  # first: once the batch has ended, no pass looks at it again
         completed = now()
         self.set_batch_phase(
             body, phase, reason, message, completionTime=completed, commitJob=action.job.name
         )
+        failpoint("operator.finished")  # the final phase is patched, no Event or metric yet
         self._observe(body, completed)
         self.post_event(body, "Normal" if phase == BatchPhase.SUCCEEDED else "Warning", reason, message)
         log.info("batch %s/%s: %s (%s)", namespace, action.batch.name, phase, message)
