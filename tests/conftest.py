@@ -19,6 +19,7 @@ from icechunk_operator.api import IcechunkStore, IngestBatch
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
 from icechunk_operator.engine.storage import quiet_logs
 from icechunk_operator.synthetic import ArchiveLayout, plan_archive, write_archive
+from tests.faults.tally import TALLY, FaultTally
 from tests.servers import (
     REPO,
     S3_KEY,
@@ -195,3 +196,19 @@ def _deep_update(target: dict[str, Any], extra: dict[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+@pytest.fixture
+def fault_tally() -> FaultTally:
+    """The run's fault tally (see tests/faults/tally.py): add what a fault test injected."""
+    return TALLY
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix's figures, after a run that had fault tests."""
+    lines = TALLY.lines()
+    if lines:
+        terminalreporter.section("fault matrix")
+        for line in lines:
+            terminalreporter.write_line(line)
+        TALLY.write()
