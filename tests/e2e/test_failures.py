@@ -11,6 +11,7 @@ import pytest
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.commits import load_ledger
 from icechunk_operator.engine.storage import open_repository
+from icechunk_operator.failpoints import ENV, ONCE_DIR_ENV
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.views import RETRY_ANNOTATION
 from icechunk_operator.synthetic import ArchiveLayout
@@ -44,19 +45,20 @@ def test_a_commit_pod_that_crashes_is_retried_and_resumes_from_the_last_commit(
     store = store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive)
     cluster.apply(store, namespace=namespace)
     wait_ready(cluster, namespace, "ismip6")
-    # TEST-ONLY fault switch (PodSettings.test_crash_once): the first commit process raises an
-    # uncaught exception once 6 files are done, after its first commits (every 2 groups).
-    marker = tmp_path / "crashed-once"
-    cluster.kubelet.namespace_env[namespace] = {"ICECHUNK_OPERATOR_TEST_CRASH_ONCE": f"6:{marker}"}
+    # A failpoint (icechunk_operator.failpoints): the first commit process raises an uncaught
+    # exception on its fifth group, after its first commits (every 2 groups); once, so the retry passes.
+    once = tmp_path / "once"
+    once.mkdir()
+    cluster.kubelet.namespace_env[namespace] = {ENV: "virtualizing=raise@5", ONCE_DIR_ENV: str(once)}
     batch = batch_doc("crashy", "ismip6", shared_archive, commit={"everyGroups": 2})
     batch["spec"]["execution"] |= {"podRetries": 2, "filesPerTask": 1}
     cluster.apply(batch, namespace=namespace)
 
     status = cluster.wait_phase(namespace, "crashy", "Succeeded", 240)
-    assert marker.exists(), "the fault switch never fired"
+    assert (once / "virtualizing").exists(), "the failpoint never fired"
     runs = [run for run in cluster.kubelet.commit_runs(namespace) if run.process.poll() is not None]
     assert [run.process.returncode for run in runs] == [3, 0]  # a crash, then the retry
-    assert "test fault: crash after" in runs[0].log.read_text()
+    assert "test fault: failpoint virtualizing" in runs[0].log.read_text()
     assert len(cluster.jobs(namespace)) == 1  # the Job retried its pod; no second Job
     assert status["files"]["skipped"] > 0, status  # files of the first pod's commits were not redone
     assert status.get("message") is None, status  # the crash's note is gone once it succeeded

@@ -42,8 +42,4 @@ def test_settings_name_the_variable_that_is_wrong() -> None:
     with pytest.raises(ValueError, match="ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS"):
         OperatorSettings.from_env({"ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS": "soon"})
     pod = PodSettings.from_env({"ICECHUNK_OPERATOR_DASK_SCHEDULER": "tcp://s:8786", "OTHER": "x"})
-    assert (pod.dask_scheduler, pod.scheduler_wait_seconds, pod.test_crash_once) == (
-        "tcp://s:8786",
-        600.0,
-        None,
-    )
+    assert (pod.dask_scheduler, pod.scheduler_wait_seconds) == ("tcp://s:8786", 600.0)

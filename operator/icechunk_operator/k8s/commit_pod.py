@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -67,30 +66,15 @@ def report_status(report: RunReport, earlier_commits: list[str]) -> dict[str, An
     return status
 
 
-class InjectedCrash(RuntimeError):
-    """TEST ONLY: the crash ``ICECHUNK_OPERATOR_TEST_CRASH_ONCE`` asks for."""
-
-
 class StatusReporter:
     """Throttled progress patches: often enough for ``kubectl get``, rare enough for the API."""
 
-    def __init__(self, api: KubeApi, namespace: str, name: str, crash_once: str | None = None) -> None:
+    def __init__(self, api: KubeApi, namespace: str, name: str) -> None:
         self._api, self._namespace, self._name = api, namespace, name
         self._last_patch = 0.0
         self._last_stage = ""
-        self._crash_once = crash_once
-
-    def _maybe_crash(self, progress: Progress) -> None:
-        """TEST ONLY (see ``PodSettings.test_crash_once``): an uncaught exception mid-batch."""
-        if self._crash_once is None:
-            return
-        files, _, marker = self._crash_once.partition(":")
-        if progress.done >= int(files) and not Path(marker).exists():
-            Path(marker).touch()
-            raise InjectedCrash(f"test fault: crash after {progress.done} files")
 
     def __call__(self, progress: Progress) -> None:
-        self._maybe_crash(progress)
         now = time.monotonic()
         if progress.stage == self._last_stage and now - self._last_patch < PATCH_INTERVAL:
             return
@@ -138,7 +122,7 @@ def run_commit_pod(reference: str, *, scheduler: str | None = None) -> int:
         return ExitCode.REFUSED
 
     earlier_commits = list((body.get("status") or {}).get("commits", []))
-    reporter = StatusReporter(api, namespace, name, crash_once=settings.test_crash_once)
+    reporter = StatusReporter(api, namespace, name)
     address = scheduler or settings.dask_scheduler
     try:
         if address:

@@ -81,9 +81,3 @@ class PodSettings(_FromEnv):
     traceback: bool = Field(
         default=False, description="Print a crash's traceback on the CLI, not only its one-line message."
     )
-    test_crash_once: str | None = Field(
-        default=None,
-        description="TEST ONLY: 'FILES:MARKER' makes the commit process raise once, after FILES "
-        "files are done, unless the file MARKER exists (it creates it). The end-to-end tests use "
-        "it to crash a commit pod's first attempt with an uncaught exception.",
-    )
