@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy image image-lock clean
+.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy fake-gcs-server image image-lock clean
 
 setup:
 	@scripts/setup.sh
@@ -16,12 +16,12 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint control-plane chart-tools toxiproxy
+test: lint control-plane chart-tools toxiproxy fake-gcs-server
 	$(PY) -m pytest -q
 
 # The fault matrix alone: kills at each stage, storage and control-plane faults, hostile input,
 # secret canaries (make test runs it too).
-test-faults: setup control-plane chart-tools toxiproxy
+test-faults: setup control-plane chart-tools toxiproxy fake-gcs-server
 	$(PY) -m pytest -q -m faults
 
 test-fast: setup
@@ -42,6 +42,10 @@ control-plane:
 # toxiproxy (built from its Go module), for latency and network faults in front of the S3 server.
 toxiproxy:
 	@scripts/build-go-tool.sh toxiproxy >/dev/null
+
+# fake-gcs-server (built from its Go module), the GCS emulator the gs:// tests run against.
+fake-gcs-server:
+	@scripts/build-go-tool.sh fake-gcs-server >/dev/null
 
 # helm (built from its Go module) and checkov (its own virtual environment), for the chart tests.
 chart-tools: setup

@@ -6,11 +6,13 @@
 #              (this kernel has no netem); about 15 s once
 #   versitygw  Versity's S3 gateway on a local folder: a fast S3-compatible server with
 #              conditional writes, for the cloud benchmark; about 2 minutes once
+#   fake-gcs-server  an emulator of Google Cloud Storage's JSON and XML APIs, the only server the
+#              gs:// tests have (docs/gcs-emulator.md says what it serves); about 2 minutes once
 #
-# Usage: scripts/build-go-tool.sh toxiproxy|versitygw
+# Usage: scripts/build-go-tool.sh toxiproxy|versitygw|fake-gcs-server
 set -euo pipefail
 
-name=${1:?usage: build-go-tool.sh toxiproxy|versitygw}
+name=${1:?usage: build-go-tool.sh toxiproxy|versitygw|fake-gcs-server}
 case $name in
     toxiproxy)
         version=${TOXIPROXY_VERSION:-v2.12.0}
@@ -18,6 +20,9 @@ case $name in
     versitygw)
         version=${VERSITYGW_VERSION:-v1.8.0}
         module=github.com/versity/versitygw package=github.com/versity/versitygw/cmd/versitygw ;;
+    fake-gcs-server)
+        version=${FAKE_GCS_SERVER_VERSION:-v1.56.1}
+        module=github.com/fsouza/fake-gcs-server package=github.com/fsouza/fake-gcs-server ;;
     *) echo "build-go-tool: unknown tool $name" >&2; exit 2 ;;
 esac
 

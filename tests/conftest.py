@@ -24,9 +24,11 @@ from tests.servers import (
     REPO,
     S3_KEY,
     S3_SECRET,
+    GcsServer,
     S3Server,
     Toxiproxy,
     free_port,
+    gcs_server,
     listening_or_ended,
     s3_server,
     stop_process,
@@ -133,6 +135,14 @@ def azure_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield endpoint
     finally:
         stop_process(process)
+
+
+@pytest.fixture(scope="session")
+def gcs_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """fake-gcs-server (built from its Go module and cached by scripts/build-go-tool.sh), the
+    gs:// tests' only server; docs/gcs-emulator.md says which requests it serves."""
+    with gcs_server(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield server
 
 
 def make_archive(root: Path, **kwargs: Any) -> ArchiveLayout:

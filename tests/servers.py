@@ -9,11 +9,13 @@ the pytest fixtures and ``make bench-cloud`` use the same code. moto logs one li
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -80,6 +82,7 @@ class S3Server:
     endpoint: str
     log: Path
     pid: int
+    secret: str = S3_SECRET  # the secret access key the server checks (access key: S3_KEY)
 
     def client(self) -> Any:
         import boto3
@@ -88,7 +91,7 @@ class S3Server:
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=S3_KEY,
-            aws_secret_access_key=S3_SECRET,
+            aws_secret_access_key=self.secret,
             region_name="us-east-1",
         )
 
@@ -124,10 +127,11 @@ def request_paths(log: Path, since: int = 0) -> tuple[list[tuple[str, str]], int
 
 
 @contextmanager
-def versitygw_server(folder: Path) -> Iterator[S3Server]:
+def versitygw_server(folder: Path, secret: str = S3_SECRET) -> Iterator[S3Server]:
     """Versity's S3 gateway over a local folder (each bucket a directory): a Go server, so it
     answers in about a millisecond where moto takes several, with S3's conditional writes.
-    Keep-alive on, as cloud object stores do; one log line per request."""
+    Keep-alive on, as cloud object stores do; one log line per request. Unlike moto it checks
+    every request's signature against ``secret``."""
     port = free_port()
     data = folder / "versitygw-data"
     data.mkdir()
@@ -135,7 +139,7 @@ def versitygw_server(folder: Path) -> Iterator[S3Server]:
     log = folder / "versitygw.log"
     command = [
         go_tool("versitygw"),
-        *("--access", S3_KEY, "--secret", S3_SECRET, "--port", f"127.0.0.1:{port}", "--keep-alive"),
+        *("--access", S3_KEY, "--secret", secret, "--port", f"127.0.0.1:{port}", "--keep-alive"),
         *("posix", "--sidecar", str(folder / "versitygw-meta"), str(data)),
     ]
     with log.open("w") as out:
@@ -146,7 +150,36 @@ def versitygw_server(folder: Path) -> Iterator[S3Server]:
         wait_until(lambda: listening_or_ended(port, process), what="versitygw")
         if process.poll() is not None:
             raise RuntimeError(f"versitygw ended at start: {log.read_text()[-2000:]}")
-        yield S3Server(endpoint, log, process.pid)
+        yield S3Server(endpoint, log, process.pid, secret)
+    finally:
+        stop_process(process)
+
+
+@contextmanager
+def azurite_server(folder: Path, account: str, key: str) -> Iterator[str]:
+    """Azurite's blob service (scripts/install-azurite.sh) with one storage account of our own
+    instead of its published one (``AZURITE_ACCOUNTS``): every request's shared-key signature
+    is checked against ``key``, a base64 string. Blobs are kept under ``folder/data``; yields
+    the account's blob endpoint."""
+    command = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install-azurite.sh")], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
+    port = free_port()
+    log = folder / "azurite.log"
+    arguments = ["--blobHost", "127.0.0.1", "--blobPort", str(port), "--location", str(folder / "data")]
+    environment = {**os.environ, "AZURITE_ACCOUNTS": f"{account}:{key}"}
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [command, *arguments, "--skipApiVersionCheck", "--loose"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=environment,
+        )
+    try:
+        wait_until(lambda: listening_or_ended(port, process), what="Azurite")
+        if process.poll() is not None:
+            raise RuntimeError(f"Azurite ended at start: {log.read_text()[-2000:]}")
+        yield f"http://127.0.0.1:{port}/{account}"
     finally:
         stop_process(process)
 
@@ -157,8 +190,106 @@ def count_requests(log: Path, since: int = 0) -> tuple[Counter[str], int]:
     return Counter(method for method, _ in paths), end
 
 
+# fake-gcs-server, with the quotes of its request line escaped:
+# 'time=... level=INFO msg="127.0.0.1 - - [date] \\"PUT /bucket/a%2Fb HTTP/1.1\\" 400 135\\n"'
+_GCS_LINE = re.compile(r'\\"(GET|PUT|POST|HEAD|DELETE|PATCH) (\S*) HTTP/1\.[01]\\" (\d{3}) ')
+
+
+@dataclass
+class GcsServer:
+    """fake-gcs-server over plain http: ``endpoint`` is the base URL that object_store's GCS
+    client (obstore, Icechunk) takes as ``base_url``. Objects are put through the JSON API's
+    media upload, which the emulator serves; the XML API's ``PUT /bucket/object``, which
+    object_store writes with, it refuses (docs/gcs-emulator.md)."""
+
+    endpoint: str
+    log: Path
+    pid: int
+
+    def _call(self, method: str, path: str, data: bytes, content_type: str) -> Any:
+        request = urllib.request.Request(
+            self.endpoint + path, data=data, method=method, headers={"Content-Type": content_type}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def create_bucket(self, name: str) -> None:
+        self._call("POST", "/storage/v1/b", json.dumps({"name": name}).encode(), "application/json")
+
+    def upload(self, bucket: str, name: str, data: bytes) -> dict[str, Any]:
+        """One object through the JSON API (``uploadType=media``); returns its JSON resource."""
+        query = urllib.parse.urlencode({"uploadType": "media", "name": name})
+        path = f"/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?{query}"
+        resource: dict[str, Any] = self._call("POST", path, data, "application/octet-stream")
+        return resource
+
+    def requests(self, since: int = 0) -> tuple[list[tuple[str, str, int]], int]:
+        """(method, path, status) of each request in the log from byte ``since`` on, and the
+        log's new end (complete lines only)."""
+        with self.log.open("rb") as file:
+            file.seek(since)
+            data = file.read()
+        data = data[: data.rfind(b"\n") + 1]
+        found = _GCS_LINE.finditer(data.decode(errors="replace"))
+        return [(m.group(1), m.group(2), int(m.group(3))) for m in found], since + len(data)
+
+
+@contextmanager
+def gcs_server(folder: Path, backend: str = "filesystem") -> Iterator[GcsServer]:
+    """fake-gcs-server (built from its Go module by scripts/build-go-tool.sh) on a free port,
+    with objects in ``folder`` (or in memory); one log line per request, with its status."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log = folder / "fake-gcs-server.log"
+    command = [
+        go_tool("fake-gcs-server"),
+        *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", backend),
+        *("-filesystem-root", str(folder / "fake-gcs-data"), "-log-level", "info"),
+        # path-style requests to this address are the XML API's; URLs it returns point here
+        *("-public-host", address, "-external-url", f"http://{address}"),
+    ]
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://{address}"
+    try:
+        wait_until(
+            lambda: _answers(endpoint + "/_internal/healthcheck") or process.poll() is not None,
+            what="fake-gcs-server",
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"fake-gcs-server ended at start: {log.read_text()[-2000:]}")
+        yield GcsServer(endpoint, log, process.pid)
+    finally:
+        stop_process(process)
+
+
+def write_service_account_key(path: Path) -> Path:
+    """A service-account key file of the shape Google issues, with a fresh RSA key. object_store
+    signs its own JWT with the key (no token exchange, so no request leaves this machine) and the
+    emulator accepts any bearer; without a key the client asks the instance metadata server."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    document = {
+        "type": "service_account",
+        "project_id": "icechunk-operator-tests",
+        "private_key_id": "test-key",
+        "private_key": pem,
+        "client_email": "ingest@icechunk-operator-tests.iam.gserviceaccount.com",
+        "client_id": "1",
+        "token_uri": "http://127.0.0.1:9/token",  # never called: the client signs its own token
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
 def go_tool(name: str) -> str:
-    """toxiproxy or versitygw, built from its Go module and cached by scripts/build-go-tool.sh."""
+    """toxiproxy, versitygw or fake-gcs-server, built from its Go module and cached by
+    scripts/build-go-tool.sh."""
     script = REPO / "scripts" / "build-go-tool.sh"
     command = ["bash", str(script), name]
     return subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.strip()
