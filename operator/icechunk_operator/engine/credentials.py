@@ -75,17 +75,28 @@ def resolve_credentials(spec: Credentials, scheme: str) -> ResolvedCredentials:
     )
 
 
+#: The fields of a service-account key file that object_store reads, with their JSON types.
+_SERVICE_ACCOUNT_FIELDS: dict[str, type] = {
+    "private_key": str,
+    "private_key_id": str,
+    "client_email": str,
+    "gcs_base_url": str,
+    "disable_oauth": bool,
+}
+
+
 def _from_file(path: Path, scheme: str) -> ResolvedCredentials:
     if not path.is_file():
         raise CredentialsError(f"credentials.file: {path} does not exist")
-    if scheme == "gs":
-        return ResolvedCredentials(gcs_service_account_file=str(path))
     try:
         keys = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise CredentialsError(f"credentials.file: {path} is not a JSON object") from None
     if not isinstance(keys, dict):
         raise CredentialsError(f"credentials.file: {path} is not a JSON object")
+    if scheme == "gs":
+        _check_service_account(path, keys)
+        return ResolvedCredentials(gcs_service_account_file=str(path))
     return ResolvedCredentials(
         s3_access_key_id=keys.get("access_key_id"),
         s3_secret_access_key=keys.get("secret_access_key"),
@@ -93,3 +104,14 @@ def _from_file(path: Path, scheme: str) -> ResolvedCredentials:
         azure_account_key=keys.get("account_key"),
         azure_sas_token=keys.get("sas_token"),
     )
+
+
+def _check_service_account(path: Path, keys: dict[str, object]) -> None:
+    """The GCS client reads the file itself, and its parser quotes a value of the wrong type in
+    its error (``invalid type: string "<the value>", expected ...``): a whole file that is one
+    JSON string, a secret where a flag belongs. That error would reach status, Events and logs,
+    so the shape is checked here first, naming the field and never showing its value."""
+    for name, kind in _SERVICE_ACCOUNT_FIELDS.items():
+        if name in keys and not isinstance(keys[name], kind):
+            wanted = "a string" if kind is str else "true or false"
+            raise CredentialsError(f"credentials.file: {path}: {name} must be {wanted}")
