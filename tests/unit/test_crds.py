@@ -67,7 +67,7 @@ def test_printer_columns_and_rules() -> None:
         "exactly one of expireOlderThan, keepSnapshots"
         in maintenance["x-kubernetes-validations"][0]["message"]
     )
-    assert maintenance["properties"]["expireOlderThan"]["pattern"] == "^[0-9]+[smhdw]$"
+    assert maintenance["properties"]["expireOlderThan"]["pattern"] == "^[0-9]{1,8}[smhdw]$"
     conditions = crds["IngestBatch"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
         "status"
     ]["properties"]["conditions"]

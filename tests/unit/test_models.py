@@ -111,3 +111,23 @@ def test_a_maintenance_policy_loads_with_defaults(tmp_path: Path) -> None:
 def test_batch_must_name_a_store_of_the_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="spec.store"):
         load(tmp_path, STORE + "---" + BATCH.replace("store: s", "store: other"))
+
+
+def test_unknown_metadata_is_refused_in_a_users_document_and_ignored_from_the_api_server() -> None:
+    """A misspelt ``lables`` in a YAML file is an error; a metadata field a later Kubernetes
+    adds, read back from the API server, must not make the operator unable to read the batch."""
+    from icechunk_operator.api import IcechunkStore
+    from icechunk_operator.api.documents import parse_resource
+
+    document = {
+        "kind": "IcechunkStore",
+        "metadata": {"name": "s", "lables": {"a": "b"}},
+        "spec": {
+            "storage": {"url": "file:///tmp/s"},
+            "virtualChunkContainers": [{"urlPrefix": "file:///data/"}],
+        },
+    }
+    with pytest.raises(SpecError, match=r"metadata: unknown fields \['lables'\]"):
+        parse_resource(document)
+    from_server = IcechunkStore.model_validate(document | {"metadata": {"name": "s", "futureField": 1}})
+    assert from_server.metadata.name == "s"

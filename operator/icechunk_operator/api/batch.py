@@ -11,6 +11,9 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from icechunk_operator.api import grouping
 from icechunk_operator.api.common import (
+    CPU_QUANTITY_PATTERN,
+    DNS_LABEL_PATTERN,
+    MEMORY_QUANTITY_PATTERN,
     ApiModel,
     Condition,
     ResourceModel,
@@ -85,7 +88,7 @@ class CombineRule(ApiModel):
 
     match: str = Field(default="*", description="Glob on the group path, e.g. 'GNSS/*'.")
     combine: Combine = Field(default=Combine.ONE)
-    dimension: str | None = Field(default=None, description="Concatenation dimension.")
+    dimension: str | None = Field(default=None, min_length=1, description="Concatenation dimension.")
 
     @model_validator(mode="after")
     def _dimension_for_concat(self) -> CombineRule:
@@ -108,6 +111,7 @@ class GroupingSpec(ApiModel):
     template: str = Field(
         default="{stem}",
         description="Group path, e.g. '{model}/{experiment}'.",
+        min_length=1,
         max_length=512,
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -184,8 +188,14 @@ class VirtualizationSpec(ApiModel):
 class ExecutionSpec(ApiModel):
     workers: int = Field(default=2, ge=1, le=1000, description="Dask worker processes or pods.")
     threads_per_worker: int = Field(default=1, ge=1, le=64)
-    worker_memory: str = Field(default="2Gi", description="Memory per worker.")
-    worker_cpu: str = Field(default="1", description="CPU per worker (Kubernetes).")
+    worker_memory: str = Field(
+        default="2Gi",
+        pattern=MEMORY_QUANTITY_PATTERN,
+        description="Memory per worker; also the address space each worker's parser process may use.",
+    )
+    worker_cpu: str = Field(
+        default="1", pattern=CPU_QUANTITY_PATTERN, description="CPU per worker (Kubernetes), e.g. 1 or 500m."
+    )
     scheduler: str | None = Field(default=None, description="Address of an existing Dask scheduler to use.")
     retries: int = Field(default=3, ge=0, le=20, description="Retries for transient errors.")
     files_per_task: int = Field(
@@ -200,8 +210,21 @@ class ExecutionSpec(ApiModel):
         "waits on round trips; with several files in flight the worker parses while the next files "
         "arrive. 1 fetches each file only when its parse starts.",
     )
-    commit_memory: str = Field(default="2Gi", description="Memory of the commit pod (Kubernetes).")
-    commit_cpu: str = Field(default="1", description="CPU of the commit pod (Kubernetes).")
+    file_timeout_seconds: int = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description="Seconds one file's parse may take. Each file is parsed in a parser process beside "
+        "the worker; a parse that takes longer is killed and the file becomes a FileTimeoutError "
+        "failure record. A parser that crashes (ParserCrashedError) or needs more memory than "
+        "workerMemory (MemoryLimitError) also costs only its file.",
+    )
+    commit_memory: str = Field(
+        default="2Gi", pattern=MEMORY_QUANTITY_PATTERN, description="Memory of the commit pod (Kubernetes)."
+    )
+    commit_cpu: str = Field(
+        default="1", pattern=CPU_QUANTITY_PATTERN, description="CPU of the commit pod (Kubernetes)."
+    )
     deadline_seconds: int = Field(
         default=86400,
         ge=60,
@@ -231,7 +254,9 @@ class FailureSpec(ApiModel):
 
 
 class IngestBatchSpec(ApiModel):
-    store: str = immutable_field("Name of the IcechunkStore (same namespace).", "spec.store")
+    store: str = immutable_field(
+        "Name of the IcechunkStore (same namespace).", "spec.store", pattern=DNS_LABEL_PATTERN, max_length=63
+    )
     source: SourceSpec
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
     virtualization: VirtualizationSpec = Field(default_factory=VirtualizationSpec)

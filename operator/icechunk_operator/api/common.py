@@ -12,14 +12,38 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, JsonValue, ValidationError, field_validator
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from icechunk_operator.api.wire_values import read_as_the_server_does
+
+#: Validation context key: the document comes from a person (a YAML file), not the API server.
+USER_DOCUMENT = "user_document"
 
 API_GROUP = "icechunkoperator.io"
 API_VERSION = "v1alpha1"
 GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: A DNS-1123 label: resource names, and the fields that name a resource (``spec.store``).
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: A DNS-1123 subdomain, as Kubernetes names Secrets.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Memory as a pod's resources take it (2Gi, 512Mi, 1.5G, 1000000), and Dask's memory limit too.
+MEMORY_QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+#: CPU as a pod's resources take it: 1, 0.5, 500m.
+CPU_QUANTITY_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
+#: Matched whole (``fullmatch``): with ``$``, "name" + "\n" passed as a DNS label.
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 
 
 class ApiModel(BaseModel):
@@ -31,6 +55,13 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=True,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _as_the_api_server_reads(cls, value: Any, info: ValidationInfo) -> Any:
+        """No lax coercion, null as "not given": see :mod:`~icechunk_operator.api.wire_values`."""
+        assert info.field_name is not None
+        return read_as_the_server_does(cls.model_fields[info.field_name], value)
 
     def to_api(self) -> dict[str, Any]:
         """The wire form: camelCase keys, unset optional fields left out."""
@@ -46,6 +77,18 @@ class ObjectMeta(ApiModel):
         extra="ignore",  # the API server adds uid, resourceVersion, managedFields, ...
     )
 
+    #: Every field of Kubernetes' ObjectMeta today. A document a person wrote (validated with the
+    #: context ``USER_DOCUMENT``, as the CLI does) may hold no other: the API server refuses a
+    #: misspelt ``lables`` and so does the CLI. What the operator reads back from the server is
+    #: not checked: a field a later Kubernetes adds must not make every resource unreadable.
+    KNOWN_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            *("name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation"),
+            *("creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels"),
+            *("annotations", "ownerReferences", "finalizers", "managedFields"),
+        }
+    )
+
     name: str = Field(description="Name of the resource, a DNS label.")
     namespace: str | None = Field(default=None, description="Namespace of the resource.")
     labels: dict[str, str] = Field(default_factory=dict)
@@ -53,10 +96,19 @@ class ObjectMeta(ApiModel):
     generation: int | None = None
     uid: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, dict) and (info.context or {}).get(USER_DOCUMENT):
+            unknown = sorted(str(key) for key in data if key not in cls.KNOWN_FIELDS)
+            if unknown:
+                raise ValueError(f"unknown fields {unknown}")
+        return data
+
     @field_validator("name")
     @classmethod
     def _name_is_dns_label(cls, value: str) -> str:
-        if len(value) > 63 or not _DNS_LABEL.match(value):
+        if len(value) > 63 or not _DNS_LABEL.fullmatch(value):
             raise ValueError(
                 f"metadata.name {value!r} must be a DNS label: lowercase letters, digits and "
                 "'-', at most 63 characters"
@@ -144,7 +196,11 @@ class EnvCredentials(ApiModel):
 class SecretReference(ApiModel):
     """A Kubernetes Secret whose keys become environment variables of the pods that need them."""
 
-    name: str = Field(description="Secret name, in the resource's namespace.")
+    name: str = Field(
+        description="Secret name, in the resource's namespace.",
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        max_length=253,
+    )
 
 
 class Credentials(ApiModel):

@@ -15,11 +15,19 @@ from typing import Any
 
 import yaml
 
-from icechunk_operator.api.common import API_GROUP, API_VERSION, ResourceModel
+from icechunk_operator.api.common import API_GROUP, API_VERSION, DNS_LABEL_PATTERN, ResourceModel, cel
 
 CATEGORY = "icechunk"
 
 _DROPPED_KEYS = {"title", "additionalProperties"}
+
+#: The models take a DNS label for a resource's name, since its Jobs and DaskCluster are named
+#: after it; the API server would take any DNS subdomain ("a.b"), which the operator then could
+#: not read. CEL at the schema's root may see metadata.name, so the CRD checks it too.
+NAME_RULE = cel(
+    f"self.metadata.name.size() <= 63 && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
+    "metadata.name must be a DNS label: lowercase letters, digits and '-', at most 63 characters",
+)
 
 
 def _clean_description(text: str) -> str:
@@ -94,6 +102,7 @@ def openapi_schema(model: type[ResourceModel]) -> dict[str, Any]:
     properties["kind"] = {"type": "string"}
     root["required"] = [name for name in root.get("required", []) if name in ("spec",)]
     root.pop("description", None)
+    root["x-kubernetes-validations"] = [NAME_RULE]
     return root
 
 

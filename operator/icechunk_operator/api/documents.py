@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from icechunk_operator.api.batch import IngestBatch
-from icechunk_operator.api.common import problem_text
+from icechunk_operator.api.common import USER_DOCUMENT, problem_text
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore
+from icechunk_operator.api.yaml_reading import UnreadableYamlError, read_yaml_documents
 
 _KINDS: dict[str, type[IcechunkStore] | type[IngestBatch] | type[Reconciliation]] = {
     "IcechunkStore": IcechunkStore,
@@ -41,12 +41,16 @@ def parse_resource(
     document: dict[str, Any], where: str = "resource"
 ) -> IcechunkStore | IngestBatch | Reconciliation:
     kind = document.get("kind")
-    model = _KINDS.get(str(kind))
-    if model is None:
-        raise SpecError(f"{where}: kind: must be one of {sorted(_KINDS)}, got {kind!r}")
-    name = (document.get("metadata") or {}).get("name", "?")
+    model = _KINDS.get(kind) if isinstance(kind, str) else None
+    if model is None:  # never str() of what is not a string: a list of aliases can be gigabytes
+        scalar = kind is None or isinstance(kind, str | int | float)
+        got = repr(kind)[:100] if scalar else f"a {type(kind).__name__}"
+        raise SpecError(f"{where}: kind: must be one of {sorted(_KINDS)}, got {got}")
+    metadata = document.get("metadata")
+    name = metadata.get("name", "?") if isinstance(metadata, dict) else "?"
+    name = name if isinstance(name, str) else "?"
     try:
-        return model.model_validate(document)
+        return model.model_validate(document, context={USER_DOCUMENT: True})
     except ValidationError as error:
         raise SpecError(format_validation_error(f"{where} ({kind} {name})", error)) from None
 
@@ -75,9 +79,9 @@ def check_unique(
 def load_resources(path: Path) -> ResourceSet:
     """Read every resource in a YAML file; refuse the whole file on the first invalid one."""
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML: {error}") from None
+        documents = read_yaml_documents(path)
+    except UnreadableYamlError as error:
+        raise SpecError(str(error)) from None
     resources = ResourceSet()
     seen: dict[tuple[str, str], tuple[int, str | None]] = {}
     for number, document in enumerate(documents, start=1):

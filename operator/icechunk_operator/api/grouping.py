@@ -15,7 +15,8 @@ import string
 from icechunk_operator.api.errors import Refused
 
 RESERVED_ROOT = "_icechunk_operator"
-_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9_.\-+=@,]+$")
+#: Matched whole (``fullmatch``): with ``$`` a segment could end in a line break, and ".." + "\n" passed.
+_SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_.\-+=@,]+")
 
 
 class GroupPathError(Refused):
@@ -23,12 +24,23 @@ class GroupPathError(Refused):
 
 
 def template_fields(template: str) -> list[str]:
+    """The field names of ``template``, each a plain ``{name}``.
+
+    A format spec or conversion is refused: a spec can nest another field (``{a:{b}<3}``), whose
+    value from a file name then decides the spec and fails the render of that file as a crash,
+    not a refusal; and a width (``{a:>999999999}``) allocates that many characters per path.
+    """
     fields = []
     for literal, name, spec, conversion in string.Formatter().parse(template):
-        del literal, spec, conversion
+        del literal
         if name is not None:
             if not name.isidentifier():
                 raise GroupPathError(f"grouping.template: field {{{name}}} is not a plain name")
+            if spec or conversion:
+                raise GroupPathError(
+                    f"grouping.template: field {{{name}}} has a format spec or conversion; "
+                    "only plain {name} fields are supported"
+                )
             fields.append(name)
     return fields
 
@@ -37,7 +49,9 @@ def check_template(template: str, pattern: re.Pattern[str]) -> None:
     """Refuse templates that name unknown fields or escape the store by their literal parts."""
     try:
         fields = template_fields(template)
-    except ValueError as error:
+    except GroupPathError:
+        raise
+    except ValueError as error:  # string.Formatter's own: a single '{' or '}'
         raise GroupPathError(f"grouping.template: {error}") from None
     missing = [f for f in fields if f not in pattern.groupindex]
     if missing:
@@ -55,7 +69,7 @@ def check_group_path(path: str, field_name: str) -> str:
     for segment in segments:
         if segment in ("", ".", ".."):
             raise GroupPathError(f"{field_name}: group path {path!r} has an empty, '.' or '..' segment")
-        if not _SAFE_SEGMENT.match(segment) or segment.startswith("__"):
+        if not _SAFE_SEGMENT.fullmatch(segment) or segment.startswith("__"):
             raise GroupPathError(
                 f"{field_name}: group path segment {segment!r} has characters outside "
                 "[A-Za-z0-9_.-+=@,] or starts with '__'"

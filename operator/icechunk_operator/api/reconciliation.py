@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from icechunk_operator.api.common import (
+    DNS_LABEL_PATTERN,
     ApiModel,
     Condition,
     ResourceModel,
@@ -50,7 +51,9 @@ class ReconciliationSpec(ApiModel):
         }
     )
 
-    store: str = immutable_field("Name of the IcechunkStore (same namespace).", "spec.store")
+    store: str = immutable_field(
+        "Name of the IcechunkStore (same namespace).", "spec.store", pattern=DNS_LABEL_PATTERN, max_length=63
+    )
     index: str | None = Field(default=None, description="Parquet index (url, size, etag/mtime).")
     prefix: str | None = Field(default=None, description="Or list this source prefix afresh.")
     glob: str = Field(default="**/*.nc")
@@ -58,6 +61,8 @@ class ReconciliationSpec(ApiModel):
     mode: ReconciliationMode = Field(default=ReconciliationMode.REPORT)
     batch_template: str | None = Field(
         default=None,
+        pattern=DNS_LABEL_PATTERN,
+        max_length=63,
         description="IngestBatch (same namespace) whose grouping, virtualization and execution a "
         "repair batch copies; required for mode Repair.",
     )

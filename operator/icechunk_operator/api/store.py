@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
@@ -9,6 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from icechunk_operator.api.common import (
+    MEMORY_QUANTITY_PATTERN,
     ApiModel,
     Condition,
     Credentials,
@@ -34,6 +36,21 @@ class ObjectStoreLocation(ApiModel):
     force_path_style: bool = Field(default=False, description="S3 path-style addressing.")
     azure_account: str | None = Field(default=None, description="Azure storage account name.")
     credentials: Credentials = Field(default_factory=Credentials)
+    request_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="A request to this location that is not answered within this many seconds (its "
+        "upload included) is abandoned and tried again, so a stalled server fails the run instead of "
+        "hanging it. Raise it for large objects over a slow link.",
+    )
+    max_tries: int = Field(
+        default=10,
+        ge=1,
+        le=50,
+        description="Tries of each request to this location, the first included, with exponential "
+        "backoff between them, before the run gives up on the storage with an error.",
+    )
 
 
 AZURE_ACCOUNT_REQUIRED = "azureAccount is required for az:// URLs"
@@ -90,7 +107,20 @@ class ManifestSplitSpec(ApiModel):
 
     path_regex: str = Field(default=".*", description="Regex on the array path, e.g. '.*/lithk'.")
     dimension: str = Field(description="Dimension name (regex) to split along.")
-    size: int = Field(ge=1, description="Chunks per manifest split along that dimension.")
+    size: int = Field(
+        ge=1, le=2**32 - 1, description="Chunks per manifest split along that dimension (Icechunk's u32)."
+    )
+
+    @field_validator("path_regex", "dimension")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        """Icechunk takes a regex that does not compile and never matches it: the split would
+        silently not happen, so it is refused here, naming the field."""
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a valid regex: {error}") from None
+        return value
 
 
 class RepositoryConfigSpec(ApiModel):
@@ -124,8 +154,9 @@ class VirtualChunkContainerSpec(ObjectStoreLocation):
     model_config = _azure_account_rule("urlPrefix")
 
     url_prefix: str = Field(
-        description="Source prefix, ending with '/', e.g. s3://ismip6/.",
-        pattern=r"^(file|s3|gs|az)://.*/$",
+        description="Source prefix, ending with '/', e.g. s3://ismip6/ or file:///data/archive/.",
+        # Not a bare root ('file:///', 's3:///'): Icechunk refuses a container without a path.
+        pattern=r"^(file|s3|gs|az)://.*[^/]/$",
     )
 
     @field_validator("url_prefix")
@@ -150,8 +181,9 @@ class DeletionPolicy(StrEnum):
     DELETE = "Delete"
 
 
-#: ``30m``, ``12h``, ``7d``, ``2w``: what ``engine.lifecycle.parse_duration`` reads.
-DURATION_PATTERN = r"^[0-9]+[smhdw]$"
+#: ``30m``, ``12h``, ``7d``, ``2w``: what ``engine.lifecycle.parse_duration`` reads. At most eight
+#: digits: 99999999w still fits a timedelta, where a longer number overflowed it in the pod.
+DURATION_PATTERN = r"^[0-9]{1,8}[smhdw]$"
 
 
 class MaintenanceSpec(ApiModel):
@@ -187,6 +219,7 @@ class MaintenanceSpec(ApiModel):
     )
     memory: str = Field(
         default="2Gi",
+        pattern=MEMORY_QUANTITY_PATTERN,
         description="Memory of the maintenance pod: garbage collection reads every kept manifest.",
     )
     deadline_seconds: int = Field(
@@ -216,7 +249,9 @@ class IcechunkStoreSpec(ApiModel):
     branch: str = Field(default="main", description="Branch that ingests commit to.")
     failure_log_url: str | None = Field(
         default=None,
-        description="Where failure logs go; default: a 'failures' folder beside the store.",
+        pattern=r"^(file|s3|gs|az)://.+",
+        description="Where failure logs go (file://, s3://, gs:// or az://, written with the "
+        "store's credentials); default: a 'failures' folder beside the store.",
     )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.RETAIN,

@@ -8,9 +8,12 @@ snapshot, the ledger agrees with it, and a re-run plans exactly the files that a
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import icechunk
 
@@ -24,6 +27,7 @@ from icechunk_operator.failpoints import failpoint
 
 MESSAGE_GROUPS_SHOWN = 5
 FLUSH_GROUPS = 64
+MAX_COMMIT_BACKOFF_SECONDS = 10.0
 
 
 class CommitConflictError(RuntimeError):
@@ -34,6 +38,20 @@ class CommitConflictError(RuntimeError):
 class CheckpointPolicy:
     every_groups: int = 2000
     every_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class CommitRetry:
+    """How long a checkpoint keeps committing when the storage fails it: ``tries`` commits at
+    most, none begun after ``budget_seconds``.
+
+    Icechunk retries each request itself, but its S3 client (the AWS SDK) stops retrying at all
+    once many requests at the same time have failed (its retry quota): a two-second outage
+    during a commit of some thirty manifests failed the run at once. The session keeps its
+    changes after a failed commit, so committing it again is safe."""
+
+    tries: int = 10
+    budget_seconds: float = 600.0
 
 
 @dataclass
@@ -59,6 +77,7 @@ class CheckpointedWriter:
         policy: CheckpointPolicy,
         ledger: Mapping[str, LedgerEntry],
         message_prefix: str | None = None,
+        retry: CommitRetry = CommitRetry(),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._repo = repo
@@ -67,6 +86,7 @@ class CheckpointedWriter:
         self._spec_hash = spec_hash
         self._policy = policy
         self._message_prefix = message_prefix or f"Ingest batch {batch}"
+        self._retry = retry
         self._clock = clock
         self._runner = asyncio.Runner()
         self._writer = GroupWriter(self._runner)
@@ -160,12 +180,11 @@ class CheckpointedWriter:
             "groups": len(self._pending_groups),
             "files": sum(1 for e in self._pending_entries if not e.removed),
             "failed": self._failed_since_commit,
+            "checkpoint": uuid.uuid4().hex,  # tells this commit from any other, if its answer is lost
         }
         failpoint("commit")  # with kill-after: the kill lands inside the commit below
         try:
-            snapshot = self._session.commit(
-                message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
-            )
+            snapshot = self._commit(message, metadata)
         except icechunk.ConflictError as error:
             raise CommitConflictError(
                 f"branch {self._branch!r} moved and another writer touched the same groups: "
@@ -180,6 +199,34 @@ class CheckpointedWriter:
         self._last_commit = self._clock()
         self._session = self._repo.writable_session(self._branch)
         return snapshot
+
+    def _commit(self, message: str, metadata: dict[str, Any]) -> str:
+        """Commit the session, and again after a storage error (see :class:`CommitRetry`).
+
+        Before a retry the branch tip is checked: when it is this checkpoint (its answer was lost,
+        not the commit), it is taken as done, so a checkpoint never lands twice."""
+        started = self._clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if attempt > 1 and (landed := self._landed(metadata["checkpoint"])):
+                    return landed
+                return str(
+                    self._session.commit(
+                        message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
+                    )
+                )
+            except icechunk.StorageError:
+                spent = self._clock() - started
+                if attempt >= self._retry.tries or spent >= self._retry.budget_seconds:
+                    raise
+                delay = min(MAX_COMMIT_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
+                time.sleep(delay * (0.5 + random.random()))
+
+    def _landed(self, checkpoint: str) -> str | None:
+        tip = next(iter(self._repo.ancestry(branch=self._branch)))
+        return str(tip.id) if tip.metadata.get("checkpoint") == checkpoint else None
 
     def _message(self) -> str:
         groups = self._pending_groups

@@ -111,7 +111,11 @@ def _metadata_bytes(metadata: Any) -> bytes:
 
 
 def _loaded_array_documents(name: str, variable: xr.Variable) -> dict[str, bytes]:
-    """A loaded variable as one uncompressed little-endian chunk with the source's attributes."""
+    """A loaded variable as one uncompressed little-endian chunk with the source's attributes.
+
+    An empty variable (an unlimited dimension with no records yet) has no chunk at all: Zarr
+    allows no zero-length chunk edge, and Icechunk refuses a zero-byte chunk, which failed the
+    whole commit."""
     values = np.asarray(variable.values)
     if values.dtype.kind in "OUSM":
         raise TypeError(f"variable {name!r}: cannot store loaded dtype {values.dtype} natively")
@@ -122,18 +126,18 @@ def _loaded_array_documents(name: str, variable: xr.Variable) -> dict[str, bytes
         "node_type": "array",
         "shape": shape,
         "data_type": str(np.dtype(values.dtype.str.lstrip("<>|="))) if values.dtype.kind != "b" else "bool",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": shape or []}},
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [max(1, n) for n in shape]}},
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
         "fill_value": _zero_fill(values.dtype),
         "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
         "attributes": _array_attributes(variable),
         "dimension_names": [str(d) for d in variable.dims],
     }
-    chunk_key = "c" if not shape else "c/" + "/".join("0" for _ in shape)
-    return {
-        f"{name}/zarr.json": json.dumps(document).encode(),
-        f"{name}/{chunk_key}": np.ascontiguousarray(little).tobytes(),
-    }
+    documents = {f"{name}/zarr.json": json.dumps(document).encode()}
+    if values.size:
+        chunk_key = "c" if not shape else "c/" + "/".join("0" for _ in shape)
+        documents[f"{name}/{chunk_key}"] = np.ascontiguousarray(little).tobytes()
+    return documents
 
 
 def _zero_fill(dtype: np.dtype) -> Any:

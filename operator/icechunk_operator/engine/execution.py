@@ -5,7 +5,9 @@ Processes, not threads: VirtualiZarr's HDF5 parser holds the HDF5 library lock. 
 returns finished payloads (a few KB per group), so the writer does no parsing at all. Within a
 task, the heads of the next ``files_in_flight`` files are fetched while the current one parses
 (:mod:`~icechunk_operator.engine.prefetch`), so on object storage a worker parses instead of
-waiting.
+waiting. The parse itself runs in a parser process beside the worker, under a deadline and a
+memory cap (:mod:`~icechunk_operator.engine.isolation`): a hostile file costs a failure record,
+never the worker.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import xarray as xr
-
-from icechunk_operator.api.batch import Combine
-from icechunk_operator.engine.documents import GroupPayload, build_payload
+from icechunk_operator.engine.assembly import FileParser, InProcessParser
+from icechunk_operator.engine.documents import GroupPayload
+from icechunk_operator.engine.isolation import IsolatedParser, borrowed_parser
 from icechunk_operator.engine.objects import cached_registry
+from icechunk_operator.engine.parse_protocol import (
+    ParseFailed,
+    ParseLimits,
+    ParserUnavailableError,
+    failure_record,
+)
 from icechunk_operator.engine.planning import GroupWork
 from icechunk_operator.engine.prefetch import Head, HeadPrefetcher
 from icechunk_operator.engine.records import FailureRecord, SourceFile
-from icechunk_operator.engine.virtualize import (
-    UnusableFileError,
-    VirtualizeOptions,
-    virtualize_file,
-)
+from icechunk_operator.engine.virtualize import UnusableFileError, VirtualizeOptions
 from icechunk_operator.failpoints import failpoint
 
 MAX_BACKOFF_SECONDS = 10.0
@@ -48,8 +51,12 @@ class GroupOutcome:
 
 def is_transient(error: BaseException) -> bool:
     """Network hiccups are worth a retry; a malformed file is not."""
+    if isinstance(error, ParseFailed):
+        return error.transient  # judged in the parser process, on the original exception
     if isinstance(error, UnusableFileError):
         return False
+    if isinstance(error, ParserUnavailableError):
+        return True
     if isinstance(error, ConnectionError | TimeoutError):
         return True
     name = type(error).__name__
@@ -62,13 +69,13 @@ def is_transient(error: BaseException) -> bool:
 
 
 def _with_retries(
+    work: GroupWork,
     source: SourceFile,
-    options: VirtualizeOptions,
-    registry: Any,
+    parser: FileParser,
     retries: int,
     prefetcher: HeadPrefetcher,
     prefetched: Future[Head | None],
-) -> tuple[xr.Dataset | None, FailureRecord | None]:
+) -> FailureRecord | None:
     """The first attempt parses the prefetched head (a failed prefetch is that attempt's
     error); a retry fetches the head again itself."""
     attempt = 0
@@ -76,38 +83,19 @@ def _with_retries(
         attempt += 1
         try:
             head = prefetched.result() if attempt == 1 else prefetcher.fetch(source)
-            return virtualize_file(source, options, registry, head), None
+            parser.parse(work, source, head)
+            return None
         except Exception as error:  # every file ends as a dataset or a failure record
             if is_transient(error) and attempt <= retries:
                 delay = min(MAX_BACKOFF_SECONDS, 0.25 * 2 ** (attempt - 1))
                 time.sleep(delay * (0.5 + random.random()))
                 continue
-            return (
-                None,
-                FailureRecord(source.url, type(error).__name__, str(error)[:2000], None, attempt),
-            )
-
-
-def combine_datasets(datasets: Sequence[xr.Dataset], combine: Combine, dimension: str | None) -> xr.Dataset:
-    if len(datasets) == 1 or combine == Combine.ONE:
-        return datasets[0]
-    if combine == Combine.CONCAT:
-        return xr.concat(
-            list(datasets),
-            dim=dimension,
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="override",
-            combine_attrs="override",
-        )
-    return xr.merge(list(datasets), compat="override", join="override", combine_attrs="override")
+            return failure_record(source, error, None, attempt)
 
 
 def virtualize_group(
     work: GroupWork,
-    options: VirtualizeOptions,
-    registry: Any,
+    parser: FileParser,
     retries: int,
     prefetcher: HeadPrefetcher,
     heads: Generator[tuple[SourceFile, Future[Head | None]], None, None],
@@ -115,27 +103,16 @@ def virtualize_group(
     """``heads`` yields the prefetched heads of this group's files, in order."""
     started = time.perf_counter()
     outcome = GroupOutcome(work.group, work.size, None)
-    good: list[tuple[SourceFile, xr.Dataset]] = []
     for source in work.files:
         failpoint("worker.file")  # on a Dask worker: a kill here loses the task in flight
         fetched, prefetched = next(heads)
         if fetched != source:
             raise RuntimeError(f"prefetch out of order: {fetched.url} for {source.url}")
-        ds, failure = _with_retries(source, options, registry, retries, prefetcher, prefetched)
+        failure = _with_retries(work, source, parser, retries, prefetcher, prefetched)
         if failure is not None:
             outcome.failures.append(_in_group(failure, work.group))
-        elif ds is not None:
-            good.append((source, ds))
-    if good:
-        try:
-            combined = combine_datasets([ds for _, ds in good], work.combine, work.dimension)
-            outcome.payload = build_payload(
-                work.group, combined, tuple(s for s, _ in good), work.mode, work.dimension
-            )
-        except Exception as error:  # an incompatible member spoils the group, not the batch
-            outcome.failures.extend(
-                FailureRecord(s.url, type(error).__name__, str(error)[:2000], work.group) for s, _ in good
-            )
+    outcome.payload, failures = parser.finish(work)
+    outcome.failures.extend(failures)
     outcome.seconds = time.perf_counter() - started
     return outcome
 
@@ -152,15 +129,31 @@ def virtualize_task(
     containers_json: str,
     retries: int,
     files_in_flight: int = 1,
+    limits: ParseLimits | None = None,
 ) -> list[GroupOutcome]:
-    """The Dask task: a handful of groups, each to a payload or failure records."""
+    """The Dask task: a handful of groups, each to a payload or failure records.
+
+    With ``limits`` each file is parsed in this thread's parser process
+    (:mod:`~icechunk_operator.engine.isolation`); without, in this process (no deadline)."""
     registry = cached_registry(containers_json)
     prefetcher = HeadPrefetcher(registry, files_in_flight)
     heads = prefetcher.stream(source for work in works for source in work.files)
     try:
-        return [virtualize_group(work, options, registry, retries, prefetcher, heads) for work in works]
+        with _parser(options, containers_json, registry, limits) as parser:
+            return [virtualize_group(work, parser, retries, prefetcher, heads) for work in works]
     finally:
         heads.close()  # joins the prefetch threads
+
+
+@contextmanager
+def _parser(
+    options: VirtualizeOptions, containers_json: str, registry: Any, limits: ParseLimits | None
+) -> Iterator[FileParser]:
+    if limits is None:
+        yield InProcessParser(options, registry)
+        return
+    with borrowed_parser(limits) as process:
+        yield IsolatedParser(process, options, containers_json, limits)
 
 
 def make_tasks(work: Sequence[GroupWork], files_per_task: int) -> list[list[GroupWork]]:
@@ -245,13 +238,14 @@ def stream_outcomes(
     containers_json: str,
     retries: int,
     files_in_flight: int = 1,
+    limits: ParseLimits | None = None,
 ) -> Iterator[GroupOutcome]:
     """Outcomes in completion order; a task that crashed becomes failure records, not a crash."""
     from distributed import as_completed
 
     futures = {
         client.submit(
-            virtualize_task, works, options, containers_json, retries, files_in_flight, pure=False
+            virtualize_task, works, options, containers_json, retries, files_in_flight, limits, pure=False
         ): works
         for works in tasks
     }

@@ -29,7 +29,10 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ValueError(f"duration {text!r}: expected a number and one of s, m, h, d, w (e.g. 7d)")
-    return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    except OverflowError:
+        raise ValueError(f"duration {text!r}: too long (at most {timedelta.max.days:,} days)") from None
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,9 @@ def expiry_cutoff(
     if (older_than is None) == (keep is None):
         raise ValueError("give exactly one of older_than, keep")
     if older_than is not None:
-        return now - older_than
+        earliest = datetime.min.replace(tzinfo=now.tzinfo)
+        # Older than the calendar's first day: nothing expires (``now - older_than`` overflows).
+        return now - older_than if now - earliest > older_than else earliest
     assert keep is not None
     if keep < 1:
         raise ValueError("keep must be at least 1: the branch tip always stays")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -17,7 +18,10 @@ def build_object_store(url: str, location: ObjectStoreLocation) -> tuple[Any, st
 
     scheme, bucket, path = split_url(url)
     creds = resolve_credentials(location.credentials, scheme)
-    client_options: Any = {"allow_http": True} if location.allow_http else None
+    client_options: Any = {"timeout": f"{location.request_timeout_seconds}s"}
+    if location.allow_http:
+        client_options["allow_http"] = True
+    retry_config = request_retries(location)
     if scheme == "file":
         return LocalStore(), path.lstrip("/")
     if scheme == "s3":
@@ -33,7 +37,7 @@ def build_object_store(url: str, location: ObjectStoreLocation) -> tuple[Any, st
             s3["secret_access_key"] = creds.s3_secret_access_key or ""
             if creds.s3_session_token:
                 s3["session_token"] = creds.s3_session_token
-        return S3Store(bucket, client_options=client_options, **s3), path
+        return S3Store(bucket, client_options=client_options, retry_config=retry_config, **s3), path
     if scheme == "gs":
         gcs: dict[str, Any] = {}
         if location.endpoint:
@@ -42,7 +46,7 @@ def build_object_store(url: str, location: ObjectStoreLocation) -> tuple[Any, st
             gcs["service_account"] = creds.gcs_service_account_file
         if creds.anonymous:
             gcs["skip_signature"] = True
-        return GCSStore(bucket, client_options=client_options, **gcs), path
+        return GCSStore(bucket, client_options=client_options, retry_config=retry_config, **gcs), path
     if scheme == "az":
         azure: dict[str, Any] = {}
         if location.azure_account:
@@ -55,8 +59,25 @@ def build_object_store(url: str, location: ObjectStoreLocation) -> tuple[Any, st
             azure["sas_key"] = creds.azure_sas_token
         if creds.anonymous:
             azure["skip_signature"] = True
-        return AzureStore(bucket, client_options=client_options, **azure), path
+        return AzureStore(bucket, client_options=client_options, retry_config=retry_config, **azure), path
     raise ValueError(f"unsupported URL scheme in {url!r}")
+
+
+#: The first wait before a retry. object_store's own, 0.1 s with its jitter, let ten tries of a
+#: listing go by within the first two seconds of a brief outage, and the run failed.
+FIRST_BACKOFF = timedelta(milliseconds=500)
+
+
+def request_retries(location: ObjectStoreLocation) -> Any:
+    """obstore's retry settings for a location: its tries, backing off from :data:`FIRST_BACKOFF`,
+    within a budget of every try's timeout (object_store otherwise stops retrying after three
+    minutes, whatever the timeout)."""
+    seconds = location.request_timeout_seconds * location.max_tries
+    return {
+        "max_retries": location.max_tries - 1,
+        "retry_timeout": timedelta(seconds=seconds),
+        "backoff": {"init_backoff": FIRST_BACKOFF, "max_backoff": timedelta(seconds=15), "base": 2},
+    }
 
 
 def bucket_root(url: str) -> str:

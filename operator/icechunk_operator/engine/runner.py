@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.commits import (
     CheckpointedWriter,
     CheckpointPolicy,
+    CommitRetry,
     initialize_repository,
     load_ledger,
 )
@@ -29,12 +31,14 @@ from icechunk_operator.engine.execution import (
 from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
 from icechunk_operator.engine.lifecycle import TagTakenError, tag_once
 from icechunk_operator.engine.objects import containers_key
+from icechunk_operator.engine.parse_protocol import ParseLimits, memory_bytes
 from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord
 from icechunk_operator.engine.sources import check_index_contents, list_sources, read_url_list
 from icechunk_operator.engine.staging import StagingRefusedError, TargetMovedError, promote, start_staging
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
+from icechunk_operator.exiting import one_line_error
 from icechunk_operator.failpoints import failpoint
 
 
@@ -88,6 +92,19 @@ def virtualize_options(batch: IngestBatch) -> VirtualizeOptions:
         fixes=tuple(spec.fixes),
         split_dimension=spec.split.dimension if spec.split else None,
     )
+
+
+def parse_limits(batch: IngestBatch) -> ParseLimits:
+    execution = batch.spec.execution
+    return ParseLimits(
+        float(execution.file_timeout_seconds), memory_bytes(execution.worker_memory), execution.worker_memory
+    )
+
+
+def commit_retry(store: IcechunkStore) -> CommitRetry:
+    """A checkpoint gets the budget of one request to the store: all its tries, each timed out."""
+    storage = store.spec.storage
+    return CommitRetry(storage.max_tries, float(storage.request_timeout_seconds * storage.max_tries))
 
 
 def run_batch(
@@ -151,6 +168,7 @@ def run_batch(
         policy=CheckpointPolicy(batch.spec.commit.every_groups, batch.spec.commit.every_seconds),
         ledger=ledger,
         message_prefix=batch.spec.commit.message,
+        retry=commit_retry(store),
     )
     execution = batch.spec.execution
     worker_count = workers or execution.workers
@@ -175,6 +193,7 @@ def run_batch(
                     containers_key(store.spec.virtual_chunk_containers),
                     execution.retries,
                     execution.files_in_flight,
+                    parse_limits(batch),
                 )
                 for outcome in outcomes:
                     failpoint("virtualizing")
@@ -209,10 +228,20 @@ def run_batch(
                 "failed": report.failed,
                 "skipped": report.skipped,
             }
-            write_failure_log(
-                url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
-            )
-            report.failure_log = url
+            try:
+                write_failure_log(
+                    url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
+                )
+            except Exception as log_error:
+                if report.error is None:
+                    raise
+                # The run's own error is on its way out: a store that failed the commit often
+                # fails this write too, and its error must not take the commit's place.
+                logging.getLogger(__name__).warning(
+                    "failure log %s not written: %s", url, one_line_error(log_error)
+                )
+            else:
+                report.failure_log = url
     failpoint("committed")  # every checkpoint is in; the caller has not reported it yet
     if base is not None and report.error is None:
         stage("validating")

@@ -7,24 +7,30 @@ next run to tell unchanged files from changed ones.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import posixpath
 import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote
 
 from icechunk_operator.api.batch import SourceSpec
 from icechunk_operator.api.store import IcechunkStoreSpec
 from icechunk_operator.engine.errors import Refused
+from icechunk_operator.engine.local_files import check_local_index, check_prefix_folder, check_resolved
 from icechunk_operator.engine.objects import build_object_store
 from icechunk_operator.engine.records import SourceFile
 from icechunk_operator.engine.urls import (
+    SourceOutsideContainersError,
     check_all_within_containers,
     check_index_location,
     check_within_containers,
     container_for,
+    outside_reason,
     split_url,
 )
+from icechunk_operator.exiting import first_line
 from icechunk_operator.failpoints import failpoint
 
 _NOT_SEP = "[^/]"  # one character of one path segment
@@ -151,15 +157,43 @@ def beside_store(store: IcechunkStoreSpec) -> str:
 
 
 def list_sources(source: SourceSpec, store: IcechunkStoreSpec) -> list[SourceFile]:
+    """The batch's files, each one the containers cover: by URL, and for local files on disk too
+    (:mod:`~icechunk_operator.engine.local_files`); files that ``skip`` names are not checked."""
     check_sources(source, store)
+    prefixes = [c.url_prefix for c in store.virtual_chunk_containers]
+    resolve = True
     if source.prefix is not None:
+        field_name = "spec.source.prefix"
+        resolve = check_prefix_folder(source.prefix, prefixes, source.skip, field_name)
         files = _list_prefix(source.prefix, source.glob, store)
+        check_listed_names(files, prefixes, source.skip)
     elif source.files is not None:
+        field_name = "spec.source.files"
         files = _head_files(source.files, store)
     else:
         assert source.index is not None
+        field_name = "spec.source.index"
         files = read_index(source.index, store)
+    if resolve:
+        check_resolved(files, prefixes, source.skip, field_name)
     return sorted(files, key=lambda f: f.url)
+
+
+def check_listed_names(files: Iterable[SourceFile], prefixes: list[str], skip: Iterable[str]) -> None:
+    """Refuse a listing that holds a file whose name reads as a URL escape: Icechunk decodes
+    ``%2e%2e%2F`` in a reference to '../', and ``a%20b.nc`` to another file than the parser read."""
+    globs = list(skip)
+    for source in files:
+        if any(fnmatch.fnmatchcase(source.url, glob) for glob in globs):
+            continue
+        reason = outside_reason(source.url, prefixes)
+        if reason is None and unquote(source.url) != source.url:
+            reason = "has a '%' escape in its name, which Icechunk would decode to another path"
+        if reason is not None:
+            raise SourceOutsideContainersError(
+                f"spec.source.prefix: listed file {source.url!r} {reason}; rename it or skip it "
+                "(spec.source.skip)"
+            )
 
 
 def _location_for(url: str, store: IcechunkStoreSpec) -> Any:
@@ -191,15 +225,28 @@ def _list_prefix(prefix: str, pattern: str, store: IcechunkStoreSpec) -> list[So
     return files
 
 
+class MissingSourceError(Refused):
+    """A file ``spec.source.files`` names that does not exist, or that no object path can name:
+    running again finds it missing again, so the batch is refused, naming it."""
+
+
 def _head_files(urls: Iterable[str], store: IcechunkStoreSpec) -> list[SourceFile]:
     import obstore
+    from obstore.exceptions import NotFoundError
 
     async def head_all() -> list[SourceFile]:
-        async def head(url: str) -> SourceFile:
+        async def head(number: int, url: str) -> SourceFile:
             object_store, path = build_object_store(url, _location_for(url, store))
-            return _source_file(url, await obstore.head_async(object_store, path))
+            try:
+                meta = await obstore.head_async(object_store, path)
+            except (FileNotFoundError, NotFoundError):
+                raise MissingSourceError(f"spec.source.files[{number}]: {url!r} does not exist") from None
+            except ValueError as error:  # obstore's InvalidPathError: an empty or invalid segment
+                reason = first_line(error)
+                raise MissingSourceError(f"spec.source.files[{number}]: {url!r}: {reason}") from None
+            return _source_file(url, meta)
 
-        return list(await asyncio.gather(*(head(u) for u in urls)))
+        return list(await asyncio.gather(*(head(n, u) for n, u in enumerate(urls))))
 
     return asyncio.run(head_all())
 
@@ -315,6 +362,7 @@ def _parquet_columns(url: str, store: IcechunkStoreSpec, field_name: str) -> dic
 
     prefixes = [c.url_prefix for c in store.virtual_chunk_containers]
     check_index_location(url, prefixes, beside_store(store), field_name)
+    check_local_index(url, prefixes, beside_store(store), field_name)
     try:
         if url.startswith("file://"):
             source: Any = split_url(url)[2]

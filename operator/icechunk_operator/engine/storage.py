@@ -20,6 +20,7 @@ from icechunk_operator.api.store import (
     VirtualChunkContainerSpec,
 )
 from icechunk_operator.engine.credentials import resolve_credentials
+from icechunk_operator.engine.objects import FIRST_BACKOFF
 from icechunk_operator.engine.urls import split_url
 from icechunk_operator.exiting import first_line
 
@@ -65,7 +66,7 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
         return icechunk.gcs_storage(
             bucket=bucket,
             prefix=path,
-            config=_client_config(spec, "base_url"),
+            config=_client_config(spec, "base_url", with_timeout=True),
             service_account_file=creds.gcs_service_account_file,
             anonymous=creds.anonymous or None,
             from_env=None if (creds.gcs_service_account_file or creds.anonymous) else True,
@@ -80,18 +81,47 @@ def build_storage(spec: StorageSpec) -> icechunk.Storage:
             access_key=creds.azure_account_key,
             sas_token=creds.azure_sas_token,
             from_env=None if (creds.azure_account_key or creds.azure_sas_token) else True,
-            config=_client_config(spec, "endpoint"),
+            config=_client_config(spec, "endpoint", with_timeout=True),
         )
     raise ValueError(f"storage.url: unsupported scheme in {spec.url!r}")
 
 
-def _client_config(location: ObjectStoreLocation, endpoint_key: str) -> dict[str, str] | None:
+def _client_config(
+    location: ObjectStoreLocation, endpoint_key: str, *, with_timeout: bool = False
+) -> dict[str, str] | None:
     """object_store options for a GCS or Azure location: its endpoint (an emulator, a private
-    endpoint) under the provider's key, and plain http when allowed."""
+    endpoint) under the provider's key, plain http when allowed, and for the repository's own
+    storage the request timeout (Icechunk's timeout settings reach only its S3 client)."""
     config = {endpoint_key: location.endpoint} if location.endpoint else {}
     if location.allow_http:
         config["allow_http"] = "true"
+    if with_timeout:
+        config["timeout"] = f"{location.request_timeout_seconds}s"
     return config or None
+
+
+def storage_settings(location: StorageSpec) -> icechunk.StorageSettings | None:
+    """How long a request to the repository may go unanswered, and how often it is tried.
+
+    Without a limit Icechunk's S3 client waits for an answer for ever: a server that accepts the
+    connection and then stalls hung a commit indefinitely. The read timeout covers a request
+    from its first byte sent to the answer's headers (an upload included); a download that
+    stalls afterwards is cut by the client's stalled-stream protection. The backoff starts
+    where obstore's does (:data:`~icechunk_operator.engine.objects.FIRST_BACKOFF`); it must be
+    given, as a retry setting without it means no backoff at all. The settings are saved with
+    the repository's config, so its readers get them too. Local
+    disk keeps Icechunk's own (no retries): it does not stall, and its errors are not transient.
+    """
+    if location.url.startswith("file://"):
+        return None
+    return icechunk.StorageSettings(
+        timeouts=icechunk.StorageTimeoutSettings(read_timeout_ms=location.request_timeout_seconds * 1000),
+        retries=icechunk.StorageRetriesSettings(
+            max_tries=location.max_tries,
+            initial_backoff_ms=int(FIRST_BACKOFF.total_seconds() * 1000),
+            max_backoff_ms=180_000,
+        ),
+    )
 
 
 def _container_store(container: VirtualChunkContainerSpec) -> Any:
@@ -174,6 +204,7 @@ def build_config(spec: IcechunkStoreSpec) -> icechunk.RepositoryConfig:
             algorithm=icechunk.CompressionAlgorithm.Zstd, level=cfg.compression.level
         ),
         manifest=manifest,
+        storage=storage_settings(spec.storage),
     )
     for container in spec.virtual_chunk_containers:
         config.set_virtual_chunk_container(
@@ -189,24 +220,30 @@ def authorize_containers(spec: IcechunkStoreSpec) -> dict[str, Any]:
 
 
 def open_repository(spec: IcechunkStoreSpec, *, create: bool = True) -> icechunk.Repository:
-    """Open (or create) the repository, applying the spec's config when it changed."""
+    """Open (or create) the repository, applying the spec's config when it changed.
+
+    Opening is the first use of the storage: Icechunk builds its S3 client then, with that use's
+    settings, and keeps it. So the open itself carries the request limits (an existence check
+    first would build a client without them, and every later request would wait for ever on a
+    stalled server)."""
     storage = build_storage(spec.storage)
     config = build_config(spec)
     credentials = authorize_containers(spec)
-    if icechunk.Repository.exists(storage):
+    try:
         repo = icechunk.Repository.open(storage, config=config, authorize_virtual_chunk_access=credentials)
-        stored = icechunk.Repository.fetch_config(storage)
-        if stored is None or stored != config:
-            repo.save_config()
-        return repo
-    if not create:
-        raise FileNotFoundError(f"storage.url: no Icechunk repository at {spec.storage.url}")
-    return icechunk.Repository.create(
-        storage,
-        config=config,
-        authorize_virtual_chunk_access=credentials,
-        spec_version=spec.config.spec_version,
-    )
+    except icechunk.RepositoryNotFoundError:
+        if not create:
+            raise FileNotFoundError(f"storage.url: no Icechunk repository at {spec.storage.url}") from None
+        return icechunk.Repository.create(
+            storage,
+            config=config,
+            authorize_virtual_chunk_access=credentials,
+            spec_version=spec.config.spec_version,
+        )
+    stored = icechunk.Repository.fetch_config(storage)
+    if stored is None or stored != config:
+        repo.save_config()
+    return repo
 
 
 class DeleteFailedError(RuntimeError):

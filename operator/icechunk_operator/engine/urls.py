@@ -16,29 +16,43 @@ class SourceOutsideContainersError(Refused):
 
 
 def has_dot_segments(url: str) -> bool:
-    """True for URLs with '.' or '..' path segments, which could step out of a prefix."""
+    """True for URLs with '.' or '..' path segments, which could step out of a prefix, written
+    out or percent-encoded ('%2e%2e', '..%2F'): Icechunk and the local reads decode them."""
     path = unquote(url.partition("://")[2])
     return any(segment in (".", "..") for segment in path.split("/"))
 
 
+def has_control_characters(url: str) -> bool:
+    """True for URLs with a NUL, a line break or another control character, written out or
+    percent-encoded: no object store or file system names a file with one the same way twice."""
+    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in unquote(url))
+
+
 def container_for(url: str, prefixes: Iterable[str]) -> str | None:
     """The longest container prefix that covers ``url``, or None."""
-    if has_dot_segments(url):
+    if has_dot_segments(url) or has_control_characters(url):
         return None
     matches = [p for p in prefixes if url.startswith(p)]
     return max(matches, key=len) if matches else None
 
 
-def check_within_containers(url: str, prefixes: Iterable[str], field_name: str) -> None:
-    prefixes = list(prefixes)
+def outside_reason(url: str, prefixes: list[str]) -> str | None:
+    """Why ``url`` is not a source the containers cover, in words for the message; None if it is."""
     if not url.startswith(_SCHEMES):
-        raise SourceOutsideContainersError(
-            f"{field_name}: {url!r} is not a URL (expected one of {list(_SCHEMES)})"
-        )
+        return f"is not a URL (expected one of {list(_SCHEMES)})"
+    if has_control_characters(url):
+        return "has a control character (NUL, line break, ...), written out or percent-encoded"
+    if has_dot_segments(url):
+        return "has a '.' or '..' segment, written out or percent-encoded, which could leave a container"
     if container_for(url, prefixes) is None:
-        raise SourceOutsideContainersError(
-            f"{field_name}: {url!r} is outside the store's virtualChunkContainers {prefixes}"
-        )
+        return f"is outside the store's virtualChunkContainers {prefixes}"
+    return None
+
+
+def check_within_containers(url: str, prefixes: Iterable[str], field_name: str) -> None:
+    reason = outside_reason(url, list(prefixes))
+    if reason is not None:
+        raise SourceOutsideContainersError(f"{field_name}: {url!r} {reason}")
 
 
 def check_all_within_containers(
@@ -52,7 +66,8 @@ def check_all_within_containers(
     if outside:
         raise SourceOutsideContainersError(
             f"{field_name}: {len(outside)} of the {len(listed)} URLs in {where} are outside the "
-            f"store's virtualChunkContainers {prefixes}; the first is {outside[0]!r}"
+            f"store's virtualChunkContainers {prefixes}; the first is {outside[0]!r}, which "
+            f"{outside_reason(outside[0], prefixes)}"
         )
 
 
@@ -65,6 +80,8 @@ def check_index_location(url: str, prefixes: Iterable[str], beside_store: str, f
         raise SourceOutsideContainersError(
             f"{field_name}: {url!r} is not a URL (expected one of {list(_SCHEMES)})"
         )
+    if has_control_characters(url):
+        raise SourceOutsideContainersError(f"{field_name}: {url!r} {outside_reason(url, prefixes)}")
     if container_for(url, prefixes) is None and (has_dot_segments(url) or not url.startswith(beside_store)):
         raise SourceOutsideContainersError(
             f"{field_name}: {url!r} is neither in the store's virtualChunkContainers {prefixes} "

@@ -10,43 +10,44 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from icechunk_operator.engine.file_errors import (
+    EmptyFileError,
+    FixFailedError,
+    MalformedFileError,
+    NoDataVariablesError,
+    TimeDecodingError,
+    TruncatedFileError,
+    UnknownFormatError,
+    UnusableFileError,
+)
 from icechunk_operator.engine.fixes import resolve_fix
+from icechunk_operator.engine.parsers import make_parser
 from icechunk_operator.engine.prefetch import HDF5_BLOCK_BYTES, Head, HeadStore
 from icechunk_operator.engine.records import SourceFile
 
+__all__ = [  # the failure classes, importable from here as before
+    "EmptyFileError",
+    "FixFailedError",
+    "MalformedFileError",
+    "NoDataVariablesError",
+    "TimeDecodingError",
+    "TruncatedFileError",
+    "UnknownFormatError",
+    "UnusableFileError",
+    "VirtualizeOptions",
+    "virtualize_file",
+]
+
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02")  # classic and 64-bit offset; CDF-5 is not netCDF3
-
-
-class UnusableFileError(ValueError):
-    """A file that can never be virtualized as it is (empty, truncated, no data, bad format)."""
-
-
-class EmptyFileError(UnusableFileError):
-    pass
-
-
-class TruncatedFileError(UnusableFileError):
-    pass
-
-
-class NoDataVariablesError(UnusableFileError):
-    pass
-
-
-class UnknownFormatError(UnusableFileError):
-    pass
-
-
-class TimeDecodingError(UnusableFileError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,26 @@ def _read_head(store: Any, path: str, length: int) -> bytes:
     return bytes(store.get_range(path, start=0, length=length))
 
 
-def make_parser(kind: str) -> Any:
-    from virtualizarr.parsers import HDFParser, NetCDF3Parser
+def is_storage_error(error: BaseException) -> bool:
+    """An error of the storage or the machine rather than of the file: left as it is, for the
+    retry loop to judge (and MemoryError for the parser process to report)."""
+    machine = isinstance(error, ConnectionError | TimeoutError | MemoryError)
+    return machine or type(error).__module__.startswith("obstore")
 
-    return HDFParser(reader_factory=_native_local_reader) if kind == "hdf5" else NetCDF3Parser()
+
+@contextmanager
+def reading(step: str, error_class: type[UnusableFileError] = MalformedFileError) -> Iterator[None]:
+    """Name what went wrong in the file: a library's own exception (``KeyError``, ``OSError``
+    from HDF5, ``IndexError``...) becomes ``error_class`` with the step, the original class and
+    its text."""
+    try:
+        yield
+    except UnusableFileError:
+        raise
+    except Exception as error:
+        if is_storage_error(error):
+            raise
+        raise error_class(f"{step}: {type(error).__name__}: {error}") from error
 
 
 def _native_local_reader(store: Any, path: str) -> Any:
@@ -124,22 +141,29 @@ def virtualize_file(
     kind = options.parser
     if kind == "auto":
         kind = sniff_format(_read_head(store, path, min(8, source.size)))
-    manifest_store = make_parser(kind)(url=source.url, registry=registry)
+    with reading(f"the {kind} parser cannot read this file"):
+        parser = make_parser(kind, source.size, _native_local_reader)
+        manifest_store = parser(url=source.url, registry=registry)
     group = manifest_store._group  # the parsed root group; ManifestStore has no public accessor
     arrays = {str(k): v for k, v in group.arrays.items() if k not in options.drop_variables}
     check_within_file(arrays, source.size)
+    check_chunk_sizes(arrays)
 
     loadable = options.loadable_variables
     if loadable is None:
         dims = {d for array in arrays.values() for d in (array.metadata.dimension_names or ())}
         loadable = tuple(name for name in arrays if name in dims)
-    loaded = load_arrays({n: arrays[n] for n in loadable if n in arrays}, store, path, manifest_store)
-    if options.split_dimension:
-        arrays = split_contiguous(arrays, options.split_dimension)
-    ds = _assemble(group, arrays, loaded)
+    with reading("the values of its coordinates cannot be read"):
+        loaded = load_arrays({n: arrays[n] for n in loadable if n in arrays}, store, path, manifest_store)
+    with reading("its variables do not make one dataset"):
+        if options.split_dimension:
+            arrays = split_contiguous(arrays, options.split_dimension)
+        ds = _assemble(group, arrays, loaded)
 
     for name in options.fixes:
-        ds = resolve_fix(name)(ds)
+        fix = resolve_fix(name)
+        with reading(f"virtualization.fixes: {name!r} failed", FixFailedError):
+            ds = fix(ds)
     if not ds.data_vars:
         raise NoDataVariablesError("file has no data variables")
     check_time_decodes(ds)
@@ -178,6 +202,29 @@ def check_within_file(arrays: dict[str, Any], file_size: int) -> None:
                     f"variable {name!r} references bytes up to {end} but the file has "
                     f"{file_size} bytes (truncated?)"
                 )
+
+
+def check_chunk_sizes(arrays: dict[str, Any]) -> None:
+    """Refuse an uncompressed chunk whose stored size is not what the array's chunk shape holds:
+    the mark of a chunk index that lies (HDF5 checks a contiguous block against its dataspace,
+    but not the sizes in a chunk B-tree). Ingested, it serves errors or garbage to every reader."""
+    for name, array in arrays.items():
+        metadata = array.metadata
+        if len(metadata.codecs) != 1 or metadata.codecs[0].to_dict()["name"] != "bytes":
+            continue  # compressed: a chunk's stored size says nothing of its shape
+        manifest = array.manifest
+        lengths = manifest._lengths[manifest._paths != ""]
+        if not lengths.size:
+            continue
+        dtype = np.dtype(metadata.data_type.to_native_dtype())
+        expected = dtype.itemsize * int(np.prod(metadata.chunks, dtype=object))
+        wrong = lengths[lengths != expected]
+        if wrong.size:
+            raise MalformedFileError(
+                f"variable {name!r} claims chunks of shape {tuple(metadata.chunks)} of {dtype} "
+                f"({expected} bytes), but the file stores {int(wrong[0])} bytes for one "
+                "(a shape or a chunk index that lies)"
+            )
 
 
 def check_time_decodes(ds: xr.Dataset) -> None:
