@@ -55,6 +55,8 @@ class ControlPlane:
     server: str = ""
     kubeconfig: Path = field(init=False)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    etcd_url: str = ""
+    etcd_peer_url: str = ""
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.root / "admin.kubeconfig"
@@ -62,7 +64,7 @@ class ControlPlane:
 
     # Processes -----------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
-        log = (self.root / f"{name}.log").open("wb")
+        log = (self.root / f"{name}.log").open("ab")  # a restart appends: the first run's log stays
         self.processes[name] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
 
     def log_tail(self, name: str, lines: int = 40) -> str:
@@ -100,8 +102,8 @@ class ControlPlane:
         (self.root / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n')
 
     def _etcd(self) -> None:
-        client, peer = free_port(), free_port()
-        self.etcd_url = f"http://127.0.0.1:{client}"
+        if not self.etcd_url:  # a restart keeps the ports (and the data directory)
+            self.etcd_url, self.etcd_peer_url = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
         self._spawn(
             "etcd",
             [
@@ -113,11 +115,11 @@ class ControlPlane:
                 "--advertise-client-urls",
                 self.etcd_url,
                 "--listen-peer-urls",
-                f"http://127.0.0.1:{peer}",
+                self.etcd_peer_url,
                 "--initial-advertise-peer-urls",
-                f"http://127.0.0.1:{peer}",
+                self.etcd_peer_url,
                 "--initial-cluster",
-                f"default=http://127.0.0.1:{peer}",
+                f"default={self.etcd_peer_url}",
                 "--unsafe-no-fsync",
                 "--log-level",
                 "warn",
@@ -131,8 +133,9 @@ class ControlPlane:
         wait_for(healthy, "etcd")
 
     def _apiserver(self) -> None:
-        port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        if not self.server:  # a restart keeps the port (and the certificates in cert-dir)
+            self.server = f"https://127.0.0.1:{free_port()}"
+        port = self.server.rpartition(":")[2]
         self._spawn(
             "kube-apiserver",
             [
@@ -158,22 +161,42 @@ class ControlPlane:
             ],
         )
 
-        def context() -> ssl.SSLContext:
-            return ssl.create_default_context(cafile=str(self.ca_file))
+        self._wait_apiserver_ready()
 
-        def ready() -> bool:
-            request = urllib.request.Request(
-                self.server + "/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            )
-            if not self.ca_file.exists():
-                return False
-            with urllib.request.urlopen(request, timeout=2, context=context()) as response:
-                return bool(response.status == 200)
+    def _apiserver_ready(self) -> bool:
+        request = urllib.request.Request(
+            self.server + "/readyz", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        if not self.ca_file.exists():
+            return False
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return bool(response.status == 200)  # an error status raises; wait_for retries
 
+    def _wait_apiserver_ready(self) -> None:
         try:
-            wait_for(ready, "kube-apiserver", timeout=120)
+            wait_for(self._apiserver_ready, "kube-apiserver", timeout=120)
         except TimeoutError:
             raise TimeoutError("kube-apiserver not ready:\n" + self.log_tail("kube-apiserver")) from None
+
+    # Faults --------------------------------------------------------------------------------
+    def restart_apiserver(self) -> None:
+        """Kill kube-apiserver (SIGKILL, as a crash) and start it again on the same port, with the
+        same certificates and etcd; returns once it is ready. Every client's connection breaks."""
+        self._kill("kube-apiserver")
+        self._apiserver()
+
+    def restart_etcd(self) -> None:
+        """Kill etcd (SIGKILL) and start it again on the same ports and data directory; returns
+        once etcd is healthy and the API server ready again (it reconnects by itself)."""
+        self._kill("etcd")
+        self._etcd()
+        self._wait_apiserver_ready()
+
+    def _kill(self, name: str) -> None:
+        process = self.processes[name]  # the entry stays: stop() keeps its order
+        process.kill()
+        process.wait()
 
     def _write_kubeconfig(self, path: Path, token: str, namespace: str = "default") -> None:
         config = {

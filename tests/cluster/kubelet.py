@@ -45,6 +45,8 @@ class CommitRun:
     started: float
     process: subprocess.Popen[bytes]
     log: Path
+    labels: dict[str, str] = field(default_factory=dict)  # the pod's (its Job's name, its store)
+    ended: float | None = None  # when the loop saw the process exit (monotonic, as ``started``)
 
 
 @dataclass
@@ -96,25 +98,29 @@ class FakeKubelet:
             self._stop.wait(0.1)
 
     def _tick(self) -> None:
-        for pod in self.api.list_pod_for_all_namespaces().items:
-            meta, spec = pod.metadata, pod.spec
-            if meta.deletion_timestamp is not None:
+        # Only the pods to act on are listed (the unbound, and the running ones whose command
+        # runs here): with hundreds of others (a load test), reading all of them ten times a
+        # second would take a core of its own.
+        for pod in self.api.list_pod_for_all_namespaces(field_selector="spec.nodeName=").items:
+            if pod.metadata.deletion_timestamp is None:
+                self._bind(pod.metadata.namespace, pod.metadata.name)
+        runnable = f"app.kubernetes.io/component in ({','.join(RUN_COMPONENTS)})"
+        running = self.api.list_pod_for_all_namespaces(
+            label_selector=runnable, field_selector="status.phase=Running"
+        )
+        for pod in running.items:
+            meta = pod.metadata
+            if meta.deletion_timestamp is not None or meta.namespace in self.held:
                 continue
-            if not spec.node_name:
-                self._bind(meta.namespace, meta.name)
-                continue
-            labels = meta.labels or {}
-            is_commit = labels.get("app.kubernetes.io/component") in RUN_COMPONENTS
-            if meta.namespace in self.held:
-                continue
-            if is_commit and pod.status.phase == "Running" and meta.uid not in self._seen:
-                self._seen.add(meta.uid)
+            if meta.uid not in self._seen:
                 self._run(pod)
+                self._seen.add(meta.uid)  # only once started: an API error before is retried
         for run in list(self.runs):
             code = run.process.poll()
             if code is not None and run.pod not in self._seen_done:
-                self._seen_done.add(run.pod)
+                run.ended = run.ended or time.monotonic()
                 self._report(run, code if code >= 0 else 128 - code)  # a signal n exits 128+n
+                self._seen_done.add(run.pod)  # only once reported: an API outage is retried
 
     def _bind(self, namespace: str, name: str) -> None:
         body = client.V1Binding(
@@ -163,11 +169,24 @@ class FakeKubelet:
                 cwd=self.workdir,
             )
         self.runs.append(
-            CommitRun(pod.metadata.namespace, pod.metadata.name, command, time.monotonic(), process, log)
+            CommitRun(
+                pod.metadata.namespace,
+                pod.metadata.name,
+                command,
+                time.monotonic(),
+                process,
+                log,
+                dict(pod.metadata.labels or {}),
+            )
         )
 
     def _report(self, run: CommitRun, code: int) -> None:
-        pod = self.api.read_namespaced_pod(run.pod, run.namespace)
+        try:
+            pod = self.api.read_namespaced_pod(run.pod, run.namespace)
+        except client.exceptions.ApiException as error:
+            if error.status == 404:
+                return  # deleted meanwhile (its Job or namespace): nothing to report to
+            raise
         container = pod.spec.containers[0]
         status = {
             "status": {

@@ -155,6 +155,38 @@ def operator_process(
     handle.stop()
 
 
+OperatorStarter = Callable[..., ProcessHandle]
+
+
+@pytest.fixture
+def own_operators(
+    operator_process: ProcessHandle, kubelet: FakeKubelet, tmp_path: Path
+) -> Iterator[OperatorStarter]:
+    """Starts operators of one test only: ``start(name, namespaces, **env)`` runs
+    ``icechunk-operator operator -n NS...`` (standalone; every namespace when ``namespaces`` is
+    empty) with extra environment. The session's operator watches every namespace, so it stops
+    for the test (or it would act on the test's namespaces too) and starts again after it."""
+    started: list[ProcessHandle] = []
+
+    def start(name: str, namespaces: list[str], **env: str) -> ProcessHandle:
+        where = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
+        # The stores' periodic probe (a child process each time) is not under test there: the
+        # default interval, as in production, keeps it from taking the two cores.
+        defaults = {**operator_process.env, "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "300"}
+        args = [operator_process.args[0], "operator", *where]
+        handle = ProcessHandle(name, args, {**defaults, **env}, tmp_path).start()
+        started.append(handle)
+        return handle
+
+    operator_process.stop()
+    try:
+        yield start
+    finally:
+        for handle in started:
+            handle.stop()
+        operator_process.start()
+
+
 @pytest.fixture(scope="session")
 def kubelet(
     control_plane: ControlPlane,

@@ -46,6 +46,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 - apiGroups: [kubernetes.dask.org]
   resources: [daskclusters]
   verbs: [create, delete]
+# A store's writer Lease, held while a writer Job is started: two operators never start two.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update, delete]
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

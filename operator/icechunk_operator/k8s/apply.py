@@ -2,8 +2,9 @@
 
 The plan was made from a watch cache and a list taken a moment ago; before it changes anything,
 each action here re-reads the batch it is about and checks that it is still the same object (uid)
-in the phase the plan saw. So a duplicated event, a second operator or a restart in between never
-starts a second writer, finishes a batch twice or adopts another batch's Job.
+in the phase the plan saw, and a writer starts only under its store's writer Lease
+(``writer_lock``). So a duplicated event, a second operator or a restart in between never starts a
+second writer, finishes a batch twice or adopts another batch's Job.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from icechunk_operator.k8s.views import (
     batch_view,
     job_view,
 )
+from icechunk_operator.k8s.writer_lock import Hold, WriterLock
 
 log = logging.getLogger("icechunk_operator.controller")
 
@@ -69,6 +71,7 @@ class Applier:
         metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api, self.settings, self.post_event, self.metrics = api, settings, post_event, metrics
+        self.writer_lock = WriterLock(api)
 
     def apply(self, namespace: str, store_body: dict[str, Any] | None, actions: list[Action]) -> bool:
         """Apply each action; one that fails (the API server refusing a Job, a lost connection)
@@ -193,26 +196,18 @@ class Applier:
 
     def _start(self, namespace: str, view: BatchView) -> None:
         body = self._fresh(namespace, view, None, BatchPhase.QUEUED)
-        if body is None or self._writer_running(namespace, view.name, body):
+        if body is None:
             return
         batch = IngestBatch.model_validate(without_status(body))
-        store_body = self.api.get(names.STORES, namespace, batch.spec.store)
-        if store_body is None:
-            return
-        store = IcechunkStore.model_validate(without_status(store_body))
-        attempt = int((body.get("status") or {}).get("attempt") or 0)
-        manifest = children.commit_job(batch, store, self.settings, attempt)
-        # The workers first, then the Job: the Job's pod must never meet a namesake's scheduler.
-        # Either may exist already (a pass that stopped half way); a deleted namesake's is
-        # removed or waited for, and the next pass tries again.
-        try:
-            cluster_name = self._ensure_dask_cluster(batch, store)
-            job = self.api.create_job(manifest)
-        except ChildOwnedByAnother as error:  # the garbage collector removes it; the next pass retries
-            log.info("batch %s/%s: waiting: %s", namespace, view.name, error)
+        # Under the store's writer Lease, no other operator checks or creates between the two.
+        with self.writer_lock.hold(namespace, batch.spec.store) as hold:
+            if not hold.acquired or self._writer_running(namespace, view.name, body):
+                return
+            created = self._create_children(namespace, batch, body, hold)
+        if created is None:
             return
         failpoint("operator.job-created")  # the Job exists, the batch is not Running yet
-        job_name = job["metadata"]["name"]
+        job_name, cluster_name = created
         message = f"commit Job {job_name} started" + (
             f" with DaskCluster {cluster_name}" if cluster_name else ""
         )
@@ -228,6 +223,33 @@ class Applier:
         failpoint("operator.started")  # Running, no Event yet
         self.post_event(body, "Normal", Reason.STARTED, message)
         log.info("batch %s/%s: %s", namespace, view.name, message)
+
+    def _create_children(
+        self, namespace: str, batch: IngestBatch, body: dict[str, Any], hold: Hold
+    ) -> tuple[str, str | None] | None:
+        """The batch's DaskCluster and commit Job: the Job's name and the cluster's, or None
+        when the next pass must try again."""
+        store_body = self.api.get(names.STORES, namespace, batch.spec.store)
+        if store_body is None:
+            return None
+        store = IcechunkStore.model_validate(without_status(store_body))
+        attempt = int((body.get("status") or {}).get("attempt") or 0)
+        manifest = children.commit_job(batch, store, self.settings, attempt)
+        # The workers first, then the Job: the Job's pod must never meet a namesake's scheduler.
+        # Either may exist already (a pass that stopped half way); a deleted namesake's is
+        # removed or waited for, and the next pass tries again.
+        try:
+            cluster_name = self._ensure_dask_cluster(batch, store)
+            if hold.expiring():
+                log.warning(
+                    "batch %s/%s: the store's writer Lease ran late; retrying", namespace, batch.metadata.name
+                )
+                return None
+            job = self.api.create_job(manifest)
+        except ChildOwnedByAnother as error:  # the garbage collector removes it; the next pass retries
+            log.info("batch %s/%s: waiting: %s", namespace, batch.metadata.name, error)
+            return None
+        return str(job["metadata"]["name"]), cluster_name
 
     def _ensure_dask_cluster(self, batch: IngestBatch, store: IcechunkStore) -> str | None:
         if not children.needs_dask_cluster(batch):
@@ -351,20 +373,27 @@ class Applier:
             store = IcechunkStore.model_validate(without_status(store_body))
         except ValidationError:
             return  # the store's probe reports it, and a store that is not Ready holds no runs
-        jobs = [job_view(j) for j in self.api.store_jobs(namespace, name)]
-        if store.spec.maintenance is None or any(j.writes and j.outcome == JobOutcome.RUNNING for j in jobs):
+        if store.spec.maintenance is None:
             return
-        manifest = maintenance_job(store, self.settings, run)
-        job_name = manifest["metadata"]["name"]
-        # Status first: a pod that finishes at once must find its run marked started, or this
-        # patch would overwrite what it reported.
-        started = started_status(store_body, run, job_name, schedule_time(run))
-        self.api.patch_status(names.STORES, namespace, name, {"maintenance": started})
-        try:
-            self.api.create_job(manifest)
-        except Exception as error:  # the run is marked started: say why it never ran
-            self._maintenance_failed(store_body, job_name, f"could not be created: {one_line_error(error)}")
-            return
+        # Under the store's writer Lease, as a batch's start (see ``_start``).
+        with self.writer_lock.hold(namespace, name) as hold:
+            if not hold.acquired:
+                return
+            jobs = [job_view(j) for j in self.api.store_jobs(namespace, name)]
+            if any(j.writes and j.outcome == JobOutcome.RUNNING for j in jobs) or hold.expiring():
+                return
+            manifest = maintenance_job(store, self.settings, run)
+            job_name = manifest["metadata"]["name"]
+            # Status first: a pod that finishes at once must find its run marked started, or this
+            # patch would overwrite what it reported.
+            started = started_status(store_body, run, job_name, schedule_time(run))
+            self.api.patch_status(names.STORES, namespace, name, {"maintenance": started})
+            try:
+                self.api.create_job(manifest)
+            except Exception as error:  # the run is marked started: say why it never ran
+                message = f"could not be created: {one_line_error(error)}"
+                self._maintenance_failed(store_body, job_name, message)
+                return
         self.post_event(store_body, "Normal", "MaintenanceStarted", f"Job {job_name}")
         log.info("store %s/%s: maintenance Job %s started", namespace, name, job_name)
         labels = {names.LABEL_COMPONENT: MAINTENANCE_COMPONENT, names.LABEL_STORE: name}

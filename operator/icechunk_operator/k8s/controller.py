@@ -25,7 +25,7 @@ from icechunk_operator.k8s.deletion import DataDeleter
 from icechunk_operator.k8s.kube import KubeApi
 from icechunk_operator.k8s.metrics import OperatorMetrics
 from icechunk_operator.k8s.observe import observe_store
-from icechunk_operator.k8s.plan import plan_store
+from icechunk_operator.k8s.plan import Start, StartMaintenance, plan_store
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.store_probe import ProbeError, ProbeRefusedError, run_in_child_blocking
 from icechunk_operator.k8s.store_status import StoreStatus, store_secret_env
@@ -33,6 +33,8 @@ from icechunk_operator.k8s.views import Admission, BatchView
 
 #: Index files found fine, remembered so a queue does not re-read them on every pass.
 INDEX_CHECKS_REMEMBERED = 10_000
+#: Actions that start a store's next writer.
+STARTS = (Start, StartMaintenance)
 
 
 class Controller:
@@ -88,7 +90,10 @@ class Controller:
             )
             actions = plan_store(observed)
             finished = await asyncio.to_thread(self.applier.apply, namespace, store_body, actions)
-        if finished and store_body is not None:
+        # A batch ended: its store's status is probed now, unless the next writer starts in this
+        # same pass (a probe, a process of its own, would read what that writer is about to
+        # change): the probe after the queue's last batch, and the periodic one, report it.
+        if finished and store_body is not None and not any(isinstance(a, STARTS) for a in actions):
             await self.store_status.refresh(store_body, force=True)
 
     async def store_changed(self, body: dict[str, Any]) -> bool:

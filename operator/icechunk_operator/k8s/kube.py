@@ -94,6 +94,10 @@ class KubeApi:
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self._client)
 
+    @cached_property
+    def coordination(self) -> client.CoordinationV1Api:
+        return client.CoordinationV1Api(self._client)
+
     def _plain(self, obj: Any) -> dict[str, Any]:
         plain: dict[str, Any] = self._client.sanitize_for_serialization(obj)
         return plain
@@ -201,6 +205,46 @@ class KubeApi:
                 return False
             raise
         return True
+
+    # Leases (the store's writer lock) ---------------------------------------------------------
+    def create_lease(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a Lease; None when one of that name exists (it is held)."""
+        try:
+            return self._plain(self.coordination.create_namespaced_lease(namespace, manifest))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return None
+
+    def read_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._plain(self.coordination.read_namespaced_lease(name, namespace))
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            return None
+
+    def replace_lease(self, namespace: str, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Replace a Lease whose ``metadata.resourceVersion`` is still the one read; None when
+        it changed or went meanwhile (another took or released it first)."""
+        name = manifest["metadata"]["name"]
+        try:
+            return self._plain(self.coordination.replace_namespaced_lease(name, namespace, manifest))
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+            return None
+
+    def delete_lease(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        """Delete a Lease only if it is still the one given (not taken over since)."""
+        preconditions = client.V1Preconditions(uid=uid, resource_version=resource_version)
+        try:
+            self.coordination.delete_namespaced_lease(
+                name, namespace, body=client.V1DeleteOptions(preconditions=preconditions)
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
 
     def secret_values(self, namespace: str, name: str) -> dict[str, str]:
         """The decoded keys of a Secret, for the operator's own use; never logged or stored."""

@@ -1,9 +1,10 @@
 """Keeping a store's status true: Ready, branches, tags, the last snapshots and counts.
 
 The store is probed in a child process (``store_probe``), on a change of its spec, after a batch
-finished, and every ``storeRefreshSeconds`` (every 30 s at most while it is not Ready, so a store
-whose bucket appears later becomes Ready soon). One probe per store at a time; probes that queue
-behind it re-check whether they are still due.
+finished (unless its next batch starts at once: see ``Controller.sync_store``), and every
+``storeRefreshSeconds`` (every 30 s at most while it is not Ready, so a store whose bucket
+appears later becomes Ready soon). One probe per store at a time; probes that queue behind it
+re-check whether they are still due.
 """
 
 from __future__ import annotations
