@@ -75,7 +75,7 @@ image:
 # the dask-operator extra: the chart runs the Dask operator's controller from it.
 image-lock: setup
 	UV_CACHE_DIR=$${ICECHUNK_OPERATOR_CACHE:-$$HOME/.cache/icechunk-operator}/uv $(VENV)/bin/uv pip compile pyproject.toml \
-		--extra dask-operator --python-version 3.13 -c requirements-dev.lock -o worker_image/requirements.lock --no-header -q
+		--extra dask-operator --python-version 3.14 -c requirements-dev.lock -o worker_image/requirements.lock --no-header -q
 
 clean:
 	rm -rf demo-output .pytest_cache .mypy_cache .ruff_cache

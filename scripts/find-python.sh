@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# find-python.sh — print the absolute path of a CPython >= 3.12 interpreter.
+# find-python.sh — print the absolute path of a CPython >= 3.14 interpreter.
+#
+# 3.14 because the built-in GNSS reader (canVODpy's canvod-readers) requires it.
 #
 # Contract: stdout gets exactly one line (the interpreter path) on success;
 # everything else (progress, warnings, errors) goes to stderr. Exits non-zero
 # with a message on stderr when no interpreter can be found or built.
 #
 # Search order:
-#   1. $PYTHON, if set and >= 3.12
-#   2. python3.14, python3.13, python3.12 on PATH (pyenv shims are verified by
+#   1. $PYTHON, if set and >= 3.14
+#   2. python3.14 on PATH (pyenv shims are verified by
 #      actually running them: a shim exists even when its version is not
 #      installed or not selected)
-#   3. $PYENV_ROOT/versions/3.1[2-9]*/bin/python3, newest first
+#   3. $PYENV_ROOT/versions/3.1[4-9]*/bin/python3, newest first
 #   4. a previously built interpreter in the cache
-#   5. build CPython 3.13 from Debian trixie's python3.13 source package
-#      (upstream orig tarball), using a private apt setup under the cache so
-#      the system's apt configuration is never changed.
+#   5. build CPython 3.14 from Debian's python3.14 source package (forky, else
+#      sid; the upstream orig tarball), using a private apt setup under the
+#      cache so the system's apt configuration is never changed. Mirrors can
+#      name a version in their signed index whose files are not in the pool
+#      yet; then the newest older release the pool holds is taken, checked
+#      against the SHA-256 in its own .dsc.
 #
 # Environment:
 #   PYTHON                   preferred interpreter (name or path)
@@ -23,12 +28,12 @@
 #   FIND_PYTHON_FORCE_BUILD  if 1, skip steps 1-4 and (re)build into the cache
 set -euo pipefail
 
-readonly MIN_CHECK='import sys; print(sys.implementation.name == "cpython" and sys.version_info >= (3, 12))'
+readonly MIN_CHECK='import sys; print(sys.implementation.name == "cpython" and sys.version_info >= (3, 14))'
 readonly CACHE_DIR="${ICECHUNK_OPERATOR_CACHE:-$HOME/.cache/icechunk-operator}"
 readonly PREFIX="$CACHE_DIR/python"
-readonly CACHED_PYTHON="$PREFIX/bin/python3.13"
-readonly SOURCE_SUITE="trixie"
-readonly SOURCE_PACKAGE="python3.13"
+readonly CACHED_PYTHON="$PREFIX/bin/python3.14"
+readonly SOURCE_SUITES=(forky sid)
+readonly SOURCE_PACKAGE="python3.14"
 # Modules a usable interpreter must have; missing -dev headers at build time
 # silently drop them, so they are checked after every build and on cache hits.
 readonly REQUIRED_MODULES="ssl, sqlite3, lzma, bz2, zlib, ctypes"
@@ -40,7 +45,7 @@ readonly BUILD_DEPS=(build-essential pkg-config xz-utils libssl-dev zlib1g-dev
 log() { printf 'find-python: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# Print the interpreter's real absolute path if $1 is runnable CPython >= 3.12.
+# Print the interpreter's real absolute path if $1 is runnable CPython >= 3.14.
 # Running it is the only reliable test: pyenv shims exist for versions that
 # are not installed or not selected, and fail only when executed.
 check_python() {
@@ -57,13 +62,13 @@ from_env() {
   [[ -n ${PYTHON:-} ]] || return 1
   local resolved
   resolved=$(command -v -- "$PYTHON" 2>/dev/null) || { log "\$PYTHON=$PYTHON not found; ignoring"; return 1; }
-  check_python "$resolved" || { log "\$PYTHON=$PYTHON does not run as CPython >= 3.12; ignoring"; return 1; }
+  check_python "$resolved" || { log "\$PYTHON=$PYTHON does not run as CPython >= 3.14; ignoring"; return 1; }
 }
 
 # Step 2: versioned names on PATH, newest first.
 from_path() {
   local name candidate
-  for name in python3.14 python3.13 python3.12; do
+  for name in python3.14; do
     candidate=$(command -v -- "$name" 2>/dev/null) || continue
     check_python "$candidate" && return 0
   done
@@ -78,7 +83,7 @@ from_pyenv() {
   while IFS= read -r dir; do
     [[ -x $dir/bin/python3 ]] || continue
     check_python "$dir/bin/python3" && return 0
-  done < <(compgen -G "$root/versions/3.1[2-9]*" | sort -rV)
+  done < <(compgen -G "$root/versions/3.1[4-9]*" | sort -rV)
   return 1
 }
 
@@ -215,10 +220,53 @@ private_apt() {
     "$@"
 }
 
-# Download python3.13's upstream orig tarball from trixie into $1 and print
-# its path. Tries each configured Debian mirror until one works.
+# The newest orig tarball the pool really holds, for a source package whose
+# index entry ($3 = Directory, $4 = Version) may be ahead of the pool: count
+# the patch release down from the indexed one and take the first release whose
+# .dsc and orig tarball both download, then check the tarball against the
+# SHA-256 its .dsc names. Downloads into $2; prints the tarball's path.
+fetch_from_pool() {
+  local mirror=$1 dest=$2 directory=$3 version=$4 upstream major patch rev dsc tarball want got
+  upstream=${version%%-*}
+  major=${upstream%.*}
+  patch=${upstream##*.}
+  [[ $patch =~ ^[0-9]+$ ]] || return 1
+  for ((; patch >= 0; patch--)); do
+    for rev in 1 2 3; do
+      dsc="${SOURCE_PACKAGE}_${major}.${patch}-${rev}.dsc"
+      curl -fsS -m 60 -o "$dest/$dsc" "$mirror/$directory/$dsc" 2>/dev/null || continue
+      tarball="${SOURCE_PACKAGE}_${major}.${patch}.orig.tar.xz"
+      want=$(awk -v f="$tarball" '/^Checksums-Sha256:/ {on=1; next} /^[^ ]/ {on=0} on && $3 == f {print $1}' "$dest/$dsc")
+      [[ -n $want ]] || { log "$dsc names no $tarball"; continue; }
+      log "the pool lacks $version; taking ${major}.${patch}-${rev}"
+      curl -fsS -m 900 -o "$dest/$tarball" "$mirror/$directory/$tarball" || { log "could not fetch $tarball"; continue; }
+      got=$(sha256sum "$dest/$tarball" | cut -d' ' -f1)
+      [[ $got == "$want" ]] || die "$tarball: SHA-256 $got differs from $want in $dsc"
+      printf '%s\n' "$dest/$tarball"
+      return 0
+    done
+  done
+  return 1
+}
+
+# Directory and Version of $SOURCE_PACKAGE in the private lists' Sources index.
+indexed_source() {
+  local root=$1 index
+  # apt keeps the index compressed (.lz4, .gz, ...); its helper reads any of them.
+  for index in "$root"/lists/*_Sources*; do
+    [[ -r $index ]] || continue
+    /usr/lib/apt/apt-helper cat-file "$index" | awk -v p="$SOURCE_PACKAGE" '
+      /^Package:/ {hit = ($2 == p)} hit && /^Directory:/ {d = $2} hit && /^Version:/ {v = $2}
+      /^$/ && hit && d != "" && v != "" {print d, v; exit}
+      END {if (hit && d != "" && v != "") print d, v}' | head -n1
+    return 0
+  done
+}
+
+# Download the python3.14 upstream orig tarball into $1 and print its path.
+# Tries each configured Debian mirror and each source suite until one works.
 fetch_source() {
-  local dest=$1 apt_root="$CACHE_DIR/apt" mirror tarball
+  local dest=$1 apt_root="$CACHE_DIR/apt" mirror suite tarball entry
   mkdir -p "$apt_root/state" "$apt_root/lists/partial" "$apt_root/cache/archives/partial" "$dest"
   : >"$apt_root/state/status"
 
@@ -227,21 +275,28 @@ fetch_source() {
   ((${#mirrors[@]} > 0)) || die "no Debian mirror found in /etc/apt/sources.list or /etc/apt/sources.list.d/"
 
   for mirror in "${mirrors[@]}"; do
-    log "fetching $SOURCE_PACKAGE source from $mirror ($SOURCE_SUITE)"
-    printf 'deb-src %s %s main\n' "$mirror" "$SOURCE_SUITE" >"$apt_root/sources.list"
-    if ! private_apt "$apt_root" update >&2; then
-      log "apt-get update against $mirror failed; trying next mirror"
-      continue
-    fi
-    # --download-only: no dpkg-source needed, and apt verifies the files
-    # against the signed Sources index.
-    if (cd "$dest" && private_apt "$apt_root" source --download-only "$SOURCE_PACKAGE" >&2); then
-      tarball=$(compgen -G "$dest/${SOURCE_PACKAGE}_*.orig.tar.xz" | sort -V | tail -n1) || true
-      [[ -n $tarball ]] && { printf '%s\n' "$tarball"; return 0; }
-      log "no ${SOURCE_PACKAGE}_*.orig.tar.xz among the downloaded files"
-    else
-      log "apt-get source from $mirror failed; trying next mirror"
-    fi
+    for suite in "${SOURCE_SUITES[@]}"; do
+      log "fetching $SOURCE_PACKAGE source from $mirror ($suite)"
+      rm -f "$apt_root"/lists/*_Sources*
+      printf 'deb-src %s %s main\n' "$mirror" "$suite" >"$apt_root/sources.list"
+      if ! private_apt "$apt_root" update >&2; then
+        log "apt-get update against $mirror $suite failed; trying next"
+        continue
+      fi
+      # --download-only: no dpkg-source needed, and apt verifies the files
+      # against the signed Sources index.
+      if (cd "$dest" && private_apt "$apt_root" source --download-only "$SOURCE_PACKAGE" >&2); then
+        tarball=$(compgen -G "$dest/${SOURCE_PACKAGE}_*.orig.tar.xz" | sort -V | tail -n1) || true
+        [[ -n $tarball ]] && { printf '%s\n' "$tarball"; return 0; }
+        log "no ${SOURCE_PACKAGE}_*.orig.tar.xz among the downloaded files"
+      fi
+      entry=$(indexed_source "$apt_root")
+      if [[ -n $entry ]]; then
+        # shellcheck disable=SC2086
+        fetch_from_pool "$mirror" "$dest" $entry && return 0
+      fi
+      log "no $SOURCE_PACKAGE source from $mirror $suite; trying next"
+    done
   done
   die "could not download the $SOURCE_PACKAGE source package from any mirror"
 }
@@ -258,7 +313,7 @@ verify_build() {
   rm -rf "$venv_dir"
 }
 
-# Step 5: build CPython 3.13 into $PREFIX. Output of configure/make goes to a
+# Step 5: build CPython 3.14 into $PREFIX. Output of configure/make goes to a
 # log file (its tail is shown on failure) to keep stderr readable.
 build_python() {
   ensure_build_deps
@@ -271,8 +326,8 @@ build_python() {
 
   log "unpacking $(basename "$tarball")"
   tar -xJf "$tarball" -C "$work"
-  srcdir=$(compgen -G "$work/Python-3.13*" | head -n1) || true
-  [[ -n $srcdir && -d $srcdir ]] || die "unexpected layout in $tarball (no Python-3.13* dir)"
+  srcdir=$(compgen -G "$work/Python-3.14*" | head -n1) || true
+  [[ -n $srcdir && -d $srcdir ]] || die "unexpected layout in $tarball (no Python-3.14* dir)"
 
   # Install into a staging tree first and move it into place at the end, so
   # an interrupted build never leaves a half-installed interpreter at $PREFIX.
@@ -314,8 +369,8 @@ cached_or_build() {
     from_cache && return 0
   fi
   command -v apt-get >/dev/null 2>&1 \
-    || die "no CPython >= 3.12 found, and no apt-get to build one (set \$PYTHON or install Python >= 3.12)"
-  log "no CPython >= 3.12 found; building 3.13 from Debian $SOURCE_SUITE sources (takes a few minutes)"
+    || die "no CPython >= 3.14 found, and no apt-get to build one (set \$PYTHON or install Python >= 3.14)"
+  log "no CPython >= 3.14 found; building 3.14 from Debian ${SOURCE_SUITES[*]} sources (takes a few minutes)"
   build_python
   check_python "$CACHED_PYTHON" || die "built interpreter $CACHED_PYTHON does not run"
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a development/run environment from nothing: a Python >= 3.12 (found or built),
+# Set up a development/run environment from nothing: a Python >= 3.14 (found or built),
 # the virtual environment in .venv, and the project installed with its pinned dependencies.
 # Safe to run again: a warm machine does no network work.
 set -euo pipefail
@@ -9,7 +9,7 @@ cache="${ICECHUNK_OPERATOR_CACHE:-$HOME/.cache/icechunk-operator}"
 mkdir -p "$cache"
 
 venv_ok() {
-  [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'
+  [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 14))'
 }
 
 if ! venv_ok; then

@@ -347,7 +347,7 @@ def _delete(document: dict[str, Any], path: Path) -> None:
     for step in path[:-1]:
         try:
             node = node[step]
-        except (KeyError, IndexError, TypeError):
+        except KeyError, IndexError, TypeError:
             return
     if isinstance(node, dict):
         node.pop(path[-1], None)

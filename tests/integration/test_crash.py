@@ -44,7 +44,7 @@ def test_sigkill_between_checkpoints_then_rerun_ingests_each_file_once(
     def commits_so_far() -> int:
         try:
             return len(branch_commits(store))
-        except (FileNotFoundError, icechunk.IcechunkError):  # the repository is still being created
+        except FileNotFoundError, icechunk.IcechunkError:  # the repository is still being created
             return 0
 
     run = subprocess.Popen(

@@ -110,7 +110,7 @@ def assert_some_connections_fail(endpoint: str, attempts: int = 40) -> None:
         try:
             with urllib.request.urlopen(endpoint + "/moto-api/", timeout=2) as response:
                 response.read()
-        except (OSError, http.client.HTTPException):
+        except OSError, http.client.HTTPException:
             failures += 1
     assert 0 < failures < attempts
 

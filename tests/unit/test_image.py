@@ -1,4 +1,4 @@
-"""The image's recipe: non-root, slim Python 3.13, pinned by a lock that matches what the tests ran.
+"""The image's recipe: non-root, slim Python 3.14, pinned by a lock that matches what the tests ran.
 
 No container engine runs here, so the image itself is built by `make image` elsewhere; these
 checks keep its inputs honest.
@@ -21,9 +21,9 @@ def pins(path: Path) -> dict[str, str]:
     return found
 
 
-def test_dockerfile_runs_as_non_root_on_slim_python_313() -> None:
+def test_dockerfile_runs_as_non_root_on_slim_python_314() -> None:
     text = (REPO / "worker_image" / "Dockerfile").read_text()
-    assert text.count("FROM python:3.13-slim") == 2
+    assert text.count("FROM python:3.14-slim") == 2
     assert "USER 10001:10001" in text
     assert "requirements.lock" in text and "--no-deps" in text
 

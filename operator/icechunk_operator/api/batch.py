@@ -7,7 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
 from icechunk_operator.api import grouping
 from icechunk_operator.api.common import (
@@ -185,6 +185,136 @@ class VirtualizationSpec(ApiModel):
         return value
 
 
+class Codec(StrEnum):
+    ZSTD = "zstd"
+    LZ4 = "lz4"
+    GZIP = "gzip"
+    NONE = "none"
+
+
+class EncodingSpec(ApiModel):
+    """How materialized chunks are compressed (every data variable alike)."""
+
+    codec: Codec = Field(default=Codec.ZSTD, description="zstd, lz4 (Blosc), gzip or none.")
+    level: int = Field(default=5, ge=0, le=22, description="Compression level (zstd 1-22, gzip 1-9).")
+    shuffle: bool = Field(
+        default=False,
+        description="Byte-shuffle before compressing. Off by default: on GNSS data, mostly NaN, "
+        "zstd alone compresses better (docs/gnss.md has the figures).",
+    )
+
+    @model_validator(mode="after")
+    def _level_fits_codec(self) -> EncodingSpec:
+        if self.codec == Codec.GZIP and self.level > 9:
+            raise ValueError("materialize.encoding.level: gzip takes levels 0-9")
+        if self.codec == Codec.LZ4 and self.level > 9:
+            raise ValueError("materialize.encoding.level: lz4 (Blosc) takes levels 0-9")
+        return self
+
+
+class OnOverlap(StrEnum):
+    SKIP = "skip"  # keep the epochs already in the store; write only the new ones
+    REPLACE = "replace"  # the file's values replace the store's at its epochs
+    FAIL = "fail"  # a file with epochs already in the store becomes a failure record
+
+
+#: Names of the readers the engine ships (``engine.materialize.readers.BUILTIN_READERS``).
+BUILTIN_READER_NAMES = ("rinex",)
+DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+
+
+class MaterializeSpec(ApiModel):
+    """Read each file with a reader and write its values as real chunks, appended along one
+    dimension at the index its coordinate gives. For sources that cannot be virtualized, such as
+    GNSS RINEX text files."""
+
+    reader: str = Field(
+        default="rinex",
+        description="Built-in reader ('rinex': canVODpy's canvod-readers, RINEX 3.0x and 2.11 "
+        "observations) or 'package.module:function' taking a local path and returning an xarray.Dataset.",
+    )
+    reader_options: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the reader, e.g. {keep_data_vars: [SNR]} for rinex.",
+    )
+    append_dimension: str = Field(
+        default="epoch", min_length=1, max_length=128, description="The time dimension files append along."
+    )
+    chunks: dict[str, int] = Field(
+        default_factory=lambda: {"epoch": 34560, "sid": -1},
+        description="Shape of one stored object per dimension (-1: the whole dimension). The seed's "
+        "GNSS strategy: epoch 34560 (a day at 2.5 s), sid -1 (all signals together).",
+    )
+    inner_chunks: dict[str, int] | None = Field(
+        default=None,
+        description="Zarr sharding: each stored object holds chunks of this shape, so appending one file "
+        "rewrites only the chunks it touches. Default: along appendDimension, chunks/48 when that divides "
+        "evenly (720 for 34560), else no sharding; other dimensions whole. {} turns sharding off.",
+    )
+    encoding: EncodingSpec = Field(default_factory=EncodingSpec)
+    on_overlap: OnOverlap = Field(
+        default=OnOverlap.SKIP,
+        description="Epochs already in the store: skip keeps them, replace overwrites them with the new "
+        "file's, fail makes the file a failure record.",
+    )
+    interval: str | None = Field(
+        default=None,
+        pattern=DURATION_PATTERN,
+        description="Sampling interval of the append dimension, e.g. 5s; default: from the data.",
+    )
+    origin: datetime | None = Field(
+        default=None,
+        description="First epoch of the store's time axis; default: the start (UTC day) of the earliest "
+        "epoch of the first files written. Files before it cannot be placed and fail.",
+    )
+    accept_repairs: bool = Field(
+        default=False,
+        description="When the reader drops malformed epochs of a file (rinex: rinex_epochs_rejected), the "
+        "file fails (RejectedEpochsError) unless this is true; then the epochs it could read are written "
+        "and the repair is listed in the failure log's repairs.",
+    )
+    files_per_commit: int = Field(
+        default=192,
+        ge=1,
+        le=100000,
+        description="Files read, written and committed together (192: two days of 15-minute files).",
+    )
+
+    @field_validator("reader")
+    @classmethod
+    def _reader_name(cls, value: str) -> str:
+        if value not in BUILTIN_READER_NAMES and not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(
+                f"materialize.reader: {value!r} is neither a built-in reader "
+                f"({sorted(BUILTIN_READER_NAMES)}) nor 'package.module:function'"
+            )
+        return value
+
+    @field_validator("chunks", "inner_chunks")
+    @classmethod
+    def _chunk_sizes(cls, value: dict[str, int] | None, info: ValidationInfo) -> dict[str, int] | None:
+        name = "innerChunks" if info.field_name == "inner_chunks" else "chunks"
+        for dimension, size in (value or {}).items():
+            if size == 0 or size < -1:
+                raise ValueError(f"materialize.{name}.{dimension}: {size} is neither a size > 0 nor -1")
+        return value
+
+    @model_validator(mode="after")
+    def _chunks_cover_append_dimension(self) -> MaterializeSpec:
+        size = self.chunks.get(self.append_dimension)
+        if size is None or size < 1:
+            raise ValueError(
+                f"materialize.chunks: give {self.append_dimension} (the appendDimension) a size > 0"
+            )
+        inner = (self.inner_chunks or {}).get(self.append_dimension)
+        if inner is not None and inner > 0 and size % inner:
+            raise ValueError(
+                f"materialize.innerChunks.{self.append_dimension}: {inner} does not divide "
+                f"chunks.{self.append_dimension} ({size})"
+            )
+        return self
+
+
 class ExecutionSpec(ApiModel):
     workers: int = Field(default=2, ge=1, le=1000, description="Dask worker processes or pods.")
     threads_per_worker: int = Field(default=1, ge=1, le=64)
@@ -254,12 +384,27 @@ class FailureSpec(ApiModel):
 
 
 class IngestBatchSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.materialize) && has(self.virtualization))",
+                    "spec.materialize and spec.virtualization exclude each other",
+                )
+            ]
+        }
+    )
+
     store: str = immutable_field(
         "Name of the IcechunkStore (same namespace).", "spec.store", pattern=DNS_LABEL_PATTERN, max_length=63
     )
     source: SourceSpec
     grouping: GroupingSpec = Field(default_factory=GroupingSpec)
     virtualization: VirtualizationSpec = Field(default_factory=VirtualizationSpec)
+    materialize: MaterializeSpec | None = Field(
+        default=None,
+        description="Read and write the files' values as real chunks instead of virtualizing them.",
+    )
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     commit: CommitSpec = Field(default_factory=CommitSpec)
     failures: FailureSpec = Field(default_factory=FailureSpec)
@@ -277,6 +422,12 @@ class IngestBatchSpec(ApiModel):
             "sample read of every written group, and only if it did not move meanwhile."
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_ingest_mode(self) -> IngestBatchSpec:
+        if self.materialize is not None and "virtualization" in self.model_fields_set:
+            raise ValueError("spec.materialize and spec.virtualization exclude each other")
+        return self
 
 
 class FileCounts(ApiModel):

@@ -71,7 +71,9 @@ def _structural_leaf_keys(schema: dict[str, Any], defs: dict[str, Any]) -> dict[
             out[key] = value
     additional = schema.get("additionalProperties")
     if isinstance(additional, dict):
-        out["additionalProperties"] = _structural(additional, defs)
+        values = _structural(additional, defs)
+        # Values of any JSON type (reader options): structural schemas say so explicitly.
+        out["additionalProperties"] = values or {"x-kubernetes-preserve-unknown-fields": True}
     if "enum" in out and "type" not in out:
         out["type"] = "string" if all(isinstance(v, str) for v in out["enum"]) else "integer"
     return out

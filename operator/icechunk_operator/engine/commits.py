@@ -201,32 +201,9 @@ class CheckpointedWriter:
         return snapshot
 
     def _commit(self, message: str, metadata: dict[str, Any]) -> str:
-        """Commit the session, and again after a storage error (see :class:`CommitRetry`).
-
-        Before a retry the branch tip is checked: when it is this checkpoint (its answer was lost,
-        not the commit), it is taken as done, so a checkpoint never lands twice."""
-        started = self._clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                if attempt > 1 and (landed := self._landed(metadata["checkpoint"])):
-                    return landed
-                return str(
-                    self._session.commit(
-                        message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
-                    )
-                )
-            except icechunk.StorageError:
-                spent = self._clock() - started
-                if attempt >= self._retry.tries or spent >= self._retry.budget_seconds:
-                    raise
-                delay = min(MAX_COMMIT_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
-                time.sleep(delay * (0.5 + random.random()))
-
-    def _landed(self, checkpoint: str) -> str | None:
-        tip = next(iter(self._repo.ancestry(branch=self._branch)))
-        return str(tip.id) if tip.metadata.get("checkpoint") == checkpoint else None
+        return commit_with_retry(
+            self._repo, self._branch, self._session, message, metadata, self._retry, self._clock
+        )
 
     def _message(self) -> str:
         groups = self._pending_groups
@@ -237,6 +214,45 @@ class CheckpointedWriter:
 
     def close(self) -> None:
         self._runner.close()
+
+
+def commit_with_retry(
+    repo: icechunk.Repository,
+    branch: str,
+    session: icechunk.Session,
+    message: str,
+    metadata: dict[str, Any],
+    retry: CommitRetry,
+    clock: Callable[[], float] = time.monotonic,
+) -> str:
+    """Commit the session, and again after a storage error (see :class:`CommitRetry`).
+
+    ``metadata["checkpoint"]`` names the commit: before a retry the branch tip is checked, and
+    when it is this checkpoint (its answer was lost, not the commit) it is taken as done, so a
+    checkpoint never lands twice."""
+    started = clock()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if attempt > 1 and (landed := _landed(repo, branch, metadata["checkpoint"])):
+                return landed
+            return str(
+                session.commit(
+                    message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=5
+                )
+            )
+        except icechunk.StorageError:
+            spent = clock() - started
+            if attempt >= retry.tries or spent >= retry.budget_seconds:
+                raise
+            delay = min(MAX_COMMIT_BACKOFF_SECONDS, 0.5 * 2 ** (attempt - 1))
+            time.sleep(delay * (0.5 + random.random()))
+
+
+def _landed(repo: icechunk.Repository, branch: str, checkpoint: str) -> str | None:
+    tip = next(iter(repo.ancestry(branch=branch)))
+    return str(tip.id) if tip.metadata.get("checkpoint") == checkpoint else None
 
 
 def initialize_repository(repo: icechunk.Repository, branch: str) -> str | None:

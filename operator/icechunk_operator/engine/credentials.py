@@ -90,7 +90,7 @@ def _from_file(path: Path, scheme: str) -> ResolvedCredentials:
         raise CredentialsError(f"credentials.file: {path} does not exist")
     try:
         keys = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except json.JSONDecodeError, UnicodeDecodeError:
         raise CredentialsError(f"credentials.file: {path} is not a JSON object") from None
     if not isinstance(keys, dict):
         raise CredentialsError(f"credentials.file: {path} is not a JSON object")

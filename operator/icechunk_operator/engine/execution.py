@@ -98,7 +98,7 @@ def virtualize_group(
     parser: FileParser,
     retries: int,
     prefetcher: HeadPrefetcher,
-    heads: Generator[tuple[SourceFile, Future[Head | None]], None, None],
+    heads: Generator[tuple[SourceFile, Future[Head | None]]],
 ) -> GroupOutcome:
     """``heads`` yields the prefetched heads of this group's files, in order."""
     started = time.perf_counter()

@@ -26,9 +26,15 @@ def summarize(failures: Sequence[FailureRecord]) -> dict[str, int]:
 
 
 def build_failure_log(
-    batch: str, store: str, failures: Sequence[FailureRecord], totals: dict[str, int]
+    batch: str,
+    store: str,
+    failures: Sequence[FailureRecord],
+    totals: dict[str, int],
+    repairs: Sequence[FailureRecord] = (),
 ) -> dict[str, Any]:
-    return {
+    """``repairs`` are files ingested after their reader repaired them (epochs it dropped):
+    not failures, but a person should be able to find them."""
+    log = {
         "batch": batch,
         "store": store,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -36,6 +42,9 @@ def build_failure_log(
         "summary": summarize(failures),
         "failures": [f.to_dict() for f in failures],
     }
+    if repairs:
+        log["repairs"] = [r.to_dict() for r in repairs]
+    return log
 
 
 def write_failure_log(url: str, store: IcechunkStoreSpec, log: dict[str, Any]) -> None:

@@ -119,7 +119,7 @@ class ParserProcess:
             raise ParserUnavailableError(f"parser process did not start in {STARTUP_SECONDS:.0f} s")
         try:
             connection.recv()  # "ready"
-        except (EOFError, OSError):
+        except EOFError, OSError:
             code = process.wait()
             self.close()
             raise ParserUnavailableError(
@@ -154,7 +154,7 @@ class ParserProcess:
             raise FileTimeoutError(f"{overdue}; its parser process was killed")
         try:
             return connection.recv()
-        except (EOFError, OSError):
+        except EOFError, OSError:
             code = process.wait()
             self.close()
             raise ParserCrashedError(describe_exit(code)) from None

@@ -59,7 +59,7 @@ def new_page_name() -> str:
     return f"page-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
-def page_documents(name: str, data: bytes) -> dict[str, bytes]:
+def page_documents(name: str, data: bytes, under: str = LEDGER_GROUP) -> dict[str, bytes]:
     """A page as a 1-D uint8 Zarr array in one uncompressed chunk (the parquet is compressed)."""
     document = {
         "zarr_format": 3,
@@ -73,7 +73,7 @@ def page_documents(name: str, data: bytes) -> dict[str, bytes]:
         "attributes": {"format": "parquet", "columns": list(_COLUMNS)},
         "dimension_names": ["byte"],
     }
-    prefix = f"{LEDGER_GROUP}/{name}"
+    prefix = f"{under}/{name}"
     return {f"{prefix}/zarr.json": json.dumps(document).encode(), f"{prefix}/c/0": data}
 
 

@@ -49,7 +49,7 @@ def die_with_parent(parent: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
+    except OSError, AttributeError:
         pass
     if os.getppid() != parent:  # the worker died before the request took effect
         os._exit(0)

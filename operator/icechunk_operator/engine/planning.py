@@ -180,3 +180,34 @@ def plan_removals(
         else:
             deleted.append(group)
     return deleted
+
+
+def plan_files(
+    files: Iterable[SourceFile],
+    ledger: Mapping[str, LedgerEntry],
+    grouping: GroupingSpec,
+    skip: Iterable[str] = (),
+) -> tuple[list[tuple[SourceFile, str]], list[SourceFile], list[FailureRecord]]:
+    """File by file, for materialized ingest: (file, group) to read, files skipped (unchanged in
+    the ledger, or matching ``skip``) and files refused (no group). A changed file is read again;
+    its group's registry knows which epochs it filled before."""
+    pattern = re.compile(grouping.pattern)
+    skip_globs = list(skip)
+    work: list[tuple[SourceFile, str]] = []
+    skipped: list[SourceFile] = []
+    refused: list[FailureRecord] = []
+    for source in sorted(files, key=lambda s: s.url):
+        if any(fnmatch.fnmatchcase(source.url, glob) for glob in skip_globs):
+            skipped.append(source)
+            continue
+        try:
+            group = render_group(grouping.template, pattern, source.url)
+        except GroupPathError as error:
+            refused.append(FailureRecord(source.url, "GroupingError", str(error), None, 0))
+            continue
+        known = ledger.get(source.url)
+        if known is not None and not known.removed and known.group == group and source.same_content_as(known):
+            skipped.append(source)
+        else:
+            work.append((source, group))
+    return work, skipped, refused

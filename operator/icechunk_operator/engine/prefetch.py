@@ -193,9 +193,7 @@ class HeadPrefetcher:
             return None
         return fetch_head(store, path, source.size, self._head_bytes)
 
-    def stream(
-        self, sources: Iterable[SourceFile]
-    ) -> Generator[tuple[SourceFile, Future[Head | None]], None, None]:
+    def stream(self, sources: Iterable[SourceFile]) -> Generator[tuple[SourceFile, Future[Head | None]]]:
         pending: deque[tuple[SourceFile, Future[Head | None]]] = deque()
         queue = iter(sources)
         with ThreadPoolExecutor(self._in_flight, thread_name_prefix="prefetch") as pool:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.store import IcechunkStore
@@ -30,10 +31,11 @@ from icechunk_operator.engine.execution import (
 )
 from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
 from icechunk_operator.engine.lifecycle import TagTakenError, tag_once
+from icechunk_operator.engine.materialize.run import MaterializedWriter, windows
 from icechunk_operator.engine.objects import containers_key
 from icechunk_operator.engine.parse_protocol import ParseLimits, memory_bytes
-from icechunk_operator.engine.planning import plan_ingest, plan_removals, without
-from icechunk_operator.engine.records import FailureRecord
+from icechunk_operator.engine.planning import plan_files, plan_ingest, plan_removals, without
+from icechunk_operator.engine.records import FailureRecord, LedgerEntry, SourceFile
 from icechunk_operator.engine.sources import check_index_contents, list_sources, read_url_list
 from icechunk_operator.engine.staging import StagingRefusedError, TargetMovedError, promote, start_staging
 from icechunk_operator.engine.storage import open_repository
@@ -66,6 +68,7 @@ class RunReport:
     commits: list[str] = field(default_factory=list)
     failure_log: str | None = None
     failures: list[FailureRecord] = field(default_factory=list)
+    repairs: list[FailureRecord] = field(default_factory=list)  # files ingested after a reader's repair
     stage_seconds: dict[str, float] = field(default_factory=dict)
     tolerance: int = 0
     error: str | None = None
@@ -141,6 +144,73 @@ def run_batch(
     files = list_sources(batch.spec.source, store.spec)
     stages["list"] = time.perf_counter() - started
 
+    if batch.spec.materialize is not None:
+        return _finish(
+            repo,
+            store,
+            batch,
+            report,
+            branch,
+            target,
+            base,
+            lambda: _ingest_materialized(
+                repo,
+                store,
+                batch,
+                branch,
+                files,
+                ledger,
+                report,
+                progress,
+                on_progress,
+                scheduler,
+                workers,
+                stage,
+            ),
+            stage,
+        )
+
+    return _finish(
+        repo,
+        store,
+        batch,
+        report,
+        branch,
+        target,
+        base,
+        lambda: _ingest_virtual(
+            repo,
+            store,
+            batch,
+            branch,
+            files,
+            ledger,
+            report,
+            progress,
+            on_progress,
+            scheduler,
+            workers,
+            stage,
+        ),
+        stage,
+    )
+
+
+def _ingest_virtual(
+    repo: Any,
+    store: IcechunkStore,
+    batch: IngestBatch,
+    branch: str,
+    files: list[SourceFile],
+    ledger: dict[str, LedgerEntry],
+    report: RunReport,
+    progress: Progress,
+    on_progress: Callable[[Progress], None],
+    scheduler: str | None,
+    workers: int | None,
+    stage: Callable[[str], None],
+) -> None:
+    stages = report.stage_seconds
     started = time.perf_counter()
     source = batch.spec.source
     removed = read_url_list(source.remove_index, store.spec) if source.remove_index else []
@@ -220,7 +290,95 @@ def run_batch(
         stages["write"] = writer.stats.write_seconds
         stages["commit"] = writer.stats.commit_seconds
         stages["ingest (wall)"] = time.perf_counter() - started
-        if report.failures:
+
+
+def _ingest_materialized(
+    repo: Any,
+    store: IcechunkStore,
+    batch: IngestBatch,
+    branch: str,
+    files: list[SourceFile],
+    ledger: dict[str, LedgerEntry],
+    report: RunReport,
+    progress: Progress,
+    on_progress: Callable[[Progress], None],
+    scheduler: str | None,
+    workers: int | None,
+    stage: Callable[[str], None],
+) -> None:
+    """Read, place and write window by window (:mod:`~icechunk_operator.engine.materialize`)."""
+    assert batch.spec.materialize is not None
+    stages = report.stage_seconds
+    started = time.perf_counter()
+    work, skipped, refused = plan_files(files, ledger, batch.spec.grouping, batch.spec.source.skip)
+    failpoint("planning")
+    stages["plan"] = time.perf_counter() - started
+    report.total = progress.total = len(files)
+    report.skipped = progress.skipped = len(skipped)
+    report.failures.extend(refused)
+    report.failed = progress.failed = len(refused)
+    allowed = batch.spec.failures
+    report.tolerance = max(allowed.max_failed_files or 0, int(allowed.max_failed_fraction * report.total))
+    writer = MaterializedWriter(
+        repo,
+        branch,
+        batch,
+        spec_hash(batch),
+        containers_key(store.spec.virtual_chunk_containers),
+        commit_retry(store),
+    )
+    execution = batch.spec.execution
+    started = time.perf_counter()
+    reading = 0.0
+    try:
+        if work:
+            stage("materializing")
+            with dask_client(
+                scheduler or execution.scheduler, workers or execution.workers, execution.threads_per_worker
+            ) as client:
+                stages["cluster"] = time.perf_counter() - started
+                for window in windows(work, batch.spec.materialize.files_per_commit):
+                    outcome = writer.run_window(client, window)
+                    reading += outcome.seconds_reading
+                    report.failures.extend(outcome.failures or [])
+                    report.repairs.extend(outcome.repairs)
+                    report.failed += len(outcome.failures or [])
+                    report.done += outcome.done
+                    report.skipped += outcome.skipped
+                    progress.done, progress.failed, progress.skipped = (
+                        report.done,
+                        report.failed,
+                        report.skipped,
+                    )
+                    on_progress(progress)
+    finally:
+        report.commits = writer.commits
+        report.groups_written = len({g for _, g in work}) if writer.commits else 0
+        stages["read (worker CPU)"] = reading
+        stages["write"] = writer.write_seconds
+        stages["commit"] = writer.commit_seconds
+        stages["ingest (wall)"] = time.perf_counter() - started
+
+
+def _finish(
+    repo: Any,
+    store: IcechunkStore,
+    batch: IngestBatch,
+    report: RunReport,
+    branch: str,
+    target: str,
+    base: str | None,
+    ingest: Callable[[], None],
+    stage: Callable[[str], None],
+) -> RunReport:
+    """What every batch does after its ingest: the failure log, promotion, the tag."""
+    try:
+        ingest()
+    except Exception as error:
+        report.error = report.error or f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        if report.failures or report.repairs:
             url = failure_log_url(store.spec, report.batch)
             totals = {
                 "total": report.total,
@@ -230,7 +388,9 @@ def run_batch(
             }
             try:
                 write_failure_log(
-                    url, store.spec, build_failure_log(report.batch, report.store, report.failures, totals)
+                    url,
+                    store.spec,
+                    build_failure_log(report.batch, report.store, report.failures, totals, report.repairs),
                 )
             except Exception as log_error:
                 if report.error is None:
@@ -242,6 +402,7 @@ def run_batch(
                 )
             else:
                 report.failure_log = url
+
     failpoint("committed")  # every checkpoint is in; the caller has not reported it yet
     if base is not None and report.error is None:
         stage("validating")

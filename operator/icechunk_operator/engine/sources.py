@@ -239,7 +239,7 @@ def _head_files(urls: Iterable[str], store: IcechunkStoreSpec) -> list[SourceFil
             object_store, path = build_object_store(url, _location_for(url, store))
             try:
                 meta = await obstore.head_async(object_store, path)
-            except (FileNotFoundError, NotFoundError):
+            except FileNotFoundError, NotFoundError:
                 raise MissingSourceError(f"spec.source.files[{number}]: {url!r} does not exist") from None
             except ValueError as error:  # obstore's InvalidPathError: an empty or invalid segment
                 reason = first_line(error)
@@ -260,7 +260,7 @@ def missing_objects(urls: Iterable[str], store: IcechunkStoreSpec) -> list[str]:
         object_store, path = build_object_store(url, _location_for(url, store))
         try:
             await obstore.head_async(object_store, path)
-        except (NotFoundError, FileNotFoundError):  # S3 and GCS; local files
+        except NotFoundError, FileNotFoundError:  # S3 and GCS; local files
             return True
         return False
 
