@@ -44,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     history = commands.add_parser("history", help="a store's snapshots, newest first")
     tag = commands.add_parser("tag", help="tag a store's snapshot (default: the branch tip)")
     expire = commands.add_parser("expire", help="expire old snapshots of a store, then garbage-collect")
-    for lifecycle in (history, tag, expire):
+    compare = commands.add_parser(
+        "compare", help="compare a group at two versions (tags, branches, snapshots), variable by variable"
+    )
+    fsck = commands.add_parser(
+        "fsck", help="read every stored chunk of a store; name those that do not decode"
+    )
+    for lifecycle in (history, tag, expire, compare, fsck):
         lifecycle.add_argument("-f", "--file", required=True, type=Path, help="YAML with the IcechunkStore")
         lifecycle.add_argument("--store", help="the store's name (default: the only one in the file)")
     history.add_argument("-n", "--limit", type=int, default=20)
@@ -55,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         "--older-than", help="expire snapshots older than this, e.g. 30d (default: the store's maintenance)"
     )
     rule.add_argument("--keep", type=int, help="keep the newest N snapshots of the branch")
+    compare.add_argument("--group", required=True, help="the group, e.g. ROSR/observations")
+    compare.add_argument("a", help="first version: a tag (v1.0), a branch or a snapshot id")
+    compare.add_argument("b", help="second version")
+    fsck.add_argument("--ref", help="tag, branch or snapshot to check (default: the store's branch)")
 
     maintain = commands.add_parser(
         "maintain", help="the maintenance pod: run a store's maintenance policy in the cluster"
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.resource:
             return _in_cluster("reconcile", args.resource)
         return _reconcile(args.file, args.name)
-    if args.command in ("history", "tag", "expire"):
+    if args.command in ("history", "tag", "expire", "compare", "fsck"):
         return _lifecycle(args)
     if args.command == "operator":
         if args.metrics_port:
@@ -149,6 +159,10 @@ def _lifecycle(args: argparse.Namespace) -> int:
             stamp = line.written_at.strftime("%Y-%m-%d %H:%M:%S")
             print(f"{line.id}  {stamp}  {line.batch or '-':<20}  {line.message}")
         return EXIT_OK
+    if args.command == "compare":
+        return _compare(repo, args.group, args.a, args.b)
+    if args.command == "fsck":
+        return _fsck(repo, args.ref or spec.branch)
     if args.command == "tag":
         target = lifecycle.tag_snapshot(repo, args.tag, snapshot=args.snapshot, branch=spec.branch)
         print(f"tagged {target} as {args.tag}")
@@ -171,6 +185,46 @@ def _lifecycle(args: argparse.Namespace) -> int:
         f"{report.chunks_deleted} chunks ({report.bytes_deleted} bytes)"
     )
     return EXIT_OK
+
+
+def _compare(repo: Any, group: str, a: str, b: str) -> int:
+    from icechunk_operator.engine.versions import compare_versions
+
+    try:
+        differences = compare_versions(repo, group, a, b)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        print(f"compare: {error}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    print(f"{group}: {a} vs {b}")
+    print(
+        f"{'variable':<16} {'compared':>12} {'differing':>12} {'mean |diff|':>14} {'max |diff|':>14}  beyond"
+    )
+    for d in differences:
+        mean = "-" if d.mean_abs is None else f"{d.mean_abs:.6g}"
+        peak = "-" if d.max_abs is None else f"{d.max_abs:.6g}"
+        beyond = f"{d.only_in_a} only in {a}, {d.only_in_b} only in {b}" if d.only_in_a or d.only_in_b else ""
+        print(f"{d.name:<16} {d.compared:>12,} {d.differing:>12,} {mean:>14} {peak:>14}  {beyond}")
+    return EXIT_OK
+
+
+def _fsck(repo: Any, ref: str) -> int:
+    """Exit 0 when every chunk decodes, 1 when some do not."""
+    from icechunk_operator.engine.integrity import check_integrity
+    from icechunk_operator.engine.versions import open_version
+
+    try:
+        session = open_version(repo, ref)
+    except ValueError as error:
+        print(f"fsck: {error}", file=sys.stderr)
+        return EXIT_INVALID_SPEC
+    report = check_integrity(session)
+    for problem in report.problems:
+        print(f"{problem.array} chunk {'.'.join(map(str, problem.chunk))}: {problem.error}")
+    print(
+        f"fsck {ref}: {report.chunks:,} chunks of {report.arrays} arrays read, "
+        f"{report.undecodable} do not decode"
+    )
+    return EXIT_OK if report.clean else EXIT_BATCH_FAILED
 
 
 def _reconcile(path: Path, only: list[str] | None) -> int:

@@ -86,7 +86,7 @@ def test_files_land_where_their_times_say_whatever_the_order() -> None:
 
 
 def test_overlap_is_skipped_replaced_or_refused() -> None:
-    known = {"a": RegistryEntry("g", "a", "a", 0, 179, 180, "b0", "then")}
+    known = {"a": RegistryEntry("g", "a", "a", "", 0, 179, 180, "b0", "then")}
     half = summary("c", 450, 180)  # epochs 90..269: 90 already in the store
     skipped = place([half], known)
     assert skipped.placed[0].entry.epochs == 90 and skipped.placed[0].placement.positions[0] == 180
@@ -98,7 +98,7 @@ def test_overlap_is_skipped_replaced_or_refused() -> None:
 
 
 def test_known_content_is_a_duplicate_and_a_corrected_file_takes_back_its_epochs() -> None:
-    known = {"a": RegistryEntry("g", "a", "hash-a", 0, 179, 180, "b0", "then")}
+    known = {"a": RegistryEntry("g", "a", "hash-a", "", 0, 179, 180, "b0", "then")}
     again = place([summary("copy-of-a", 0, 180, digest="hash-a")], known)
     assert again.duplicates == ["copy-of-a"] and not again.placed
     corrected = place([summary("a", 0, 100, digest="hash-a2")], known)

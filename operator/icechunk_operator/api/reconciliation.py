@@ -58,6 +58,11 @@ class ReconciliationSpec(ApiModel):
     prefix: str | None = Field(default=None, description="Or list this source prefix afresh.")
     glob: str = Field(default="**/*.nc")
     check_references: bool = Field(default=False, description="Also sample-read references.")
+    check_chunks: bool = Field(
+        default=False,
+        description="Also read every stored chunk of every array (the integrity check, like the CLI's "
+        "fsck): status.undecodable counts the chunks that do not decode; the report names them.",
+    )
     mode: ReconciliationMode = Field(default=ReconciliationMode.REPORT)
     batch_template: str | None = Field(
         default=None,
@@ -92,6 +97,7 @@ class ReconciliationStatus(ApiModel):
     stale: int | None = Field(default=None, description="Changed in the source since ingest.")
     orphaned: int | None = Field(default=None, description="In the store, gone from the source.")
     broken: int | None = Field(default=None, description="References that fail (checkReferences).")
+    undecodable: int | None = Field(default=None, description="Chunks that do not decode (checkChunks).")
     report: str | None = Field(default=None, description="URL of the full JSON report.")
     repair_batch: str | None = Field(default=None, description="The IngestBatch the last repair created.")
     last_run_time: datetime | None = Field(default=None, description="When the last run finished.")

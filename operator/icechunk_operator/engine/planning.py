@@ -187,10 +187,13 @@ def plan_files(
     ledger: Mapping[str, LedgerEntry],
     grouping: GroupingSpec,
     skip: Iterable[str] = (),
+    processed: Mapping[tuple[str, str], str] | None = None,
+    processing: str = "",
 ) -> tuple[list[tuple[SourceFile, str]], list[SourceFile], list[FailureRecord]]:
     """File by file, for materialized ingest: (file, group) to read, files skipped (unchanged in
-    the ledger, or matching ``skip``) and files refused (no group). A changed file is read again;
-    its group's registry knows which epochs it filled before."""
+    the ledger and read the same way, per ``processed``: (group, url) -> processing key; or
+    matching ``skip``) and files refused (no group). A changed file, or one a new processing version
+    reads differently, is read again; its group's registry knows which epochs it filled before."""
     pattern = re.compile(grouping.pattern)
     skip_globs = list(skip)
     work: list[tuple[SourceFile, str]] = []
@@ -206,7 +209,10 @@ def plan_files(
             refused.append(FailureRecord(source.url, "GroupingError", str(error), None, 0))
             continue
         known = ledger.get(source.url)
-        if known is not None and not known.removed and known.group == group and source.same_content_as(known):
+        unchanged = (
+            known is not None and not known.removed and known.group == group and source.same_content_as(known)
+        )
+        if unchanged and (processed is None or processed.get((group, source.url)) == processing):
             skipped.append(source)
         else:
             work.append((source, group))

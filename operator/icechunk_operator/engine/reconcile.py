@@ -26,6 +26,7 @@ from typing import Any
 from icechunk_operator.api.batch import IngestBatch, SourceSpec
 from icechunk_operator.api.reconciliation import Reconciliation
 from icechunk_operator.api.store import IcechunkStore, IcechunkStoreSpec
+from icechunk_operator.engine.integrity import IntegrityReport
 from icechunk_operator.engine.records import LedgerEntry, SourceFile
 from icechunk_operator.engine.references import BrokenReference
 
@@ -36,18 +37,22 @@ class ReconcileReport:
     stale: list[tuple[SourceFile, LedgerEntry]] = field(default_factory=list)
     orphaned: list[LedgerEntry] = field(default_factory=list)
     broken: list[BrokenReference] | None = None  # None: references were not checked
+    integrity: IntegrityReport | None = None  # None: chunks were not read
     listed: int = 0
     recorded: int = 0
     report_url: str | None = None
 
     @property
     def clean(self) -> bool:
-        return not (self.missing or self.stale or self.orphaned or self.broken)
+        undecodable = self.integrity is not None and not self.integrity.clean
+        return not (self.missing or self.stale or self.orphaned or self.broken or undecodable)
 
     def counts(self) -> dict[str, int]:
         counts = {"missing": len(self.missing), "stale": len(self.stale), "orphaned": len(self.orphaned)}
         if self.broken is not None:
             counts["broken"] = len(self.broken)
+        if self.integrity is not None:
+            counts["undecodable"] = self.integrity.undecodable
         return counts
 
     def to_json(self, reconciliation: str, store: str) -> dict[str, Any]:
@@ -75,6 +80,11 @@ class ReconcileReport:
             "broken": None
             if self.broken is None
             else [{"group": b.group, "url": b.url, "reason": b.reason} for b in self.broken],
+            "undecodable": None
+            if self.integrity is None
+            else [
+                {"array": p.array, "chunk": list(p.chunk), "error": p.error} for p in self.integrity.problems
+            ],
         }
 
 
@@ -140,6 +150,10 @@ def run_reconciliation(store: IcechunkStore, reconciliation: Reconciliation) -> 
         from icechunk_operator.engine.references import find_broken
 
         report.broken = find_broken(repo, store.spec.branch, store.spec, ledger)
+    if spec.check_chunks:
+        from icechunk_operator.engine.integrity import check_integrity
+
+        report.integrity = check_integrity(repo.readonly_session(branch=store.spec.branch))
     url = report_url(store.spec, reconciliation.metadata.name)
     write_json(url, store.spec, report.to_json(reconciliation.metadata.name, store.metadata.name))
     report.report_url = url

@@ -31,6 +31,7 @@ from icechunk_operator.engine.execution import (
 )
 from icechunk_operator.engine.failures import build_failure_log, failure_log_url, write_failure_log
 from icechunk_operator.engine.lifecycle import TagTakenError, tag_once
+from icechunk_operator.engine.materialize.registry import load_registry, processing_key
 from icechunk_operator.engine.materialize.run import MaterializedWriter, windows
 from icechunk_operator.engine.objects import containers_key
 from icechunk_operator.engine.parse_protocol import ParseLimits, memory_bytes
@@ -310,7 +311,14 @@ def _ingest_materialized(
     assert batch.spec.materialize is not None
     stages = report.stage_seconds
     started = time.perf_counter()
-    work, skipped, refused = plan_files(files, ledger, batch.spec.grouping, batch.spec.source.skip)
+    materialize = batch.spec.materialize
+    processing = processing_key(
+        materialize.reader, dict(materialize.reader_options), materialize.append_dimension
+    )
+    processed = {key: e.processing for key, e in load_registry(repo.readonly_session(branch=branch)).items()}
+    work, skipped, refused = plan_files(
+        files, ledger, batch.spec.grouping, batch.spec.source.skip, processed, processing
+    )
     failpoint("planning")
     stages["plan"] = time.perf_counter() - started
     report.total = progress.total = len(files)

@@ -38,6 +38,8 @@ def report_status(report: ReconcileReport, generation: int | None) -> dict[str, 
     }
     if report.broken is None:
         status["broken"] = None  # not checked this time: no stale count from an earlier run
+    if report.integrity is None:
+        status["undecodable"] = None
     return status
 
 

@@ -50,6 +50,7 @@ class PlacedFile:
 class GroupPlacement:
     placed: list[PlacedFile] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)  # content already in the group
+    recorded: list[RegistryEntry] = field(default_factory=list)  # registry rows of the duplicates
     failures: list[FailureRecord] = field(default_factory=list)
     length: int = 0  # the grid length the group needs afterwards
 
@@ -86,18 +87,21 @@ def place_group(
     drops_unknown_labels: bool,
     batch: str,
     stamp: str,
+    processing: str = "",
 ) -> GroupPlacement:
     """Decide every file of one group in a window. ``registry`` holds the group's entries by URL,
     ``axes`` the labels of its other dimensions, ``length`` its current grid length."""
     result = GroupPlacement(length=length)
     live = {url: e for url, e in registry.items() if not e.removed and e.epochs > 0}
-    digests = {e.digest for e in registry.values() if not e.removed}
+    digests = {(e.digest, e.processing) for e in registry.values() if not e.removed}
     for summary in sorted(summaries, key=lambda s: s.url):
         previous = registry.get(summary.url)
-        if summary.digest in digests and (
-            previous is None or previous.digest == summary.digest or previous.removed
-        ):
+        known = (summary.digest, processing) in digests
+        if known and (previous is None or previous.removed or previous.digest == summary.digest):
             result.duplicates.append(summary.url)
+            result.recorded.append(
+                RegistryEntry(group, summary.url, summary.digest, processing, -1, -1, 0, batch, stamp)
+            )
             continue
         try:
             _check_axes(summary, axes, variables, drops_unknown_labels)
@@ -128,6 +132,7 @@ def place_group(
             group,
             summary.url,
             summary.digest,
+            processing,
             int(positions[0]) if positions.size else -1,
             int(positions[-1]) if positions.size else -1,
             int(positions.size),
@@ -137,7 +142,7 @@ def place_group(
         result.placed.append(
             PlacedFile(summary.url, FilePlacement(summary.url, rows, positions), clears, entry)
         )
-        digests.add(summary.digest)
+        digests.add((summary.digest, processing))
         if positions.size:
             live[summary.url] = entry
             result.length = max(result.length, int(positions[-1]) + 1)

@@ -11,6 +11,8 @@ earlier ones per (group, url).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +21,18 @@ from icechunk_operator.engine.ledger import new_page_name, page_documents
 from icechunk_operator.engine.templates import RESERVED_ROOT
 
 REGISTRY_GROUP = f"{RESERVED_ROOT}/registry"
-_COLUMNS = ("group", "url", "digest", "first", "last", "epochs", "batch", "written_at", "removed")
+_COLUMNS = (
+    "group",
+    "url",
+    "digest",
+    "processing",
+    "first",
+    "last",
+    "epochs",
+    "batch",
+    "written_at",
+    "removed",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +40,7 @@ class RegistryEntry:
     group: str
     url: str
     digest: str
+    processing: str  # what made the values: reader and options (see ``processing_key``)
     first: int  # grid index of the first epoch written
     last: int  # grid index of the last epoch written (inclusive); -1 when none was
     epochs: int  # epochs written
@@ -35,13 +49,21 @@ class RegistryEntry:
     removed: bool = False
 
 
+def processing_key(reader: str, options: dict[str, Any], dimension: str) -> str:
+    """Files read the same way give the same values: a file already written with this key is
+    skipped when unchanged, one written another way (a new processing version) is read again."""
+    text = json.dumps({"reader": reader, "options": options, "dimension": dimension}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def encode_registry_page(entries: Iterable[RegistryEntry]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [asdict(e) for e in entries]
     types = {
-        "group": pa.string(), "url": pa.string(), "digest": pa.string(), "first": pa.int64(),
+        "group": pa.string(), "url": pa.string(), "digest": pa.string(), "processing": pa.string(),
+        "first": pa.int64(),
         "last": pa.int64(), "epochs": pa.int64(), "batch": pa.string(), "written_at": pa.string(),
         "removed": pa.bool_(),
     }  # fmt: skip

@@ -26,7 +26,7 @@ from icechunk_operator.engine.materialize.grid import as_ns, describe_span, pars
 from icechunk_operator.engine.materialize.layout import GroupState, create_group, grow, read_state
 from icechunk_operator.engine.materialize.placement import GroupPlacement, new_grid, place_group
 from icechunk_operator.engine.materialize.readers import load_reader
-from icechunk_operator.engine.materialize.registry import load_registry, registry_documents
+from icechunk_operator.engine.materialize.registry import load_registry, processing_key, registry_documents
 from icechunk_operator.engine.materialize.tasks import (
     FilePlacement,
     ObjectWrite,
@@ -91,6 +91,7 @@ class MaterializedWriter:
         self._retry = retry
         self._reader = load_reader(self._spec.reader)
         self._options = dict(self._spec.reader_options)
+        self.processing = processing_key(self._spec.reader, self._options, self._spec.append_dimension)
         self.commits: list[str] = []
         self.commit_seconds = 0.0
         self.write_seconds = 0.0
@@ -161,6 +162,7 @@ class MaterializedWriter:
                 self._reader.drops_unknown_labels,
                 self._batch.metadata.name,
                 stamp,
+                self.processing,
             )
             grow(session.store, group, state, placement.length, dimension)
             placements[group], states[group] = placement, state
@@ -204,8 +206,8 @@ class MaterializedWriter:
         ]
         if ledger:
             documents = page_documents(new_page_name(), encode_page(ledger))
-            if placed:
-                documents |= registry_documents(p.entry for p in placed)
+            rows = [p.entry for p in placed] + [e for g in placements.values() for e in g.recorded]
+            documents |= registry_documents(rows)
             with asyncio.Runner() as runner:
                 GroupWriter(runner).put_documents(session, documents)
             result.snapshot = self._commit(session, placements, states, len(ledger))

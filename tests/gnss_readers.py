@@ -1,0 +1,18 @@
+"""A second processing version of the GNSS files, as a user's own reader would give it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+
+def snr_to_quarter_db(path: Path, **options: Any) -> xr.Dataset:
+    """canVODpy's reader with SNR rounded to 0.25 dB (a changed algorithm, values slightly off)."""
+    from canvod.readers import Rnxv3Obs
+
+    dataset = Rnxv3Obs(fpath=path).to_ds(pad_global_sid=False, strip_fillval=False, **options)
+    dataset["SNR"] = (np.round(dataset["SNR"] * 4) / 4).astype(dataset["SNR"].dtype)
+    return dataset
