@@ -2,9 +2,9 @@
 (run_batch on a Dask cluster, each file parsed in a worker's parser process), and an account of
 what became of each one.
 
-It knows nothing of file formats: NetCDF3/HDF5 mutations (tests/faults/corpus.py) go through it
-today, the malformed RINEX files once the GNSS reader exists. Each file is its own group, so one
-file's fate never depends on another's.
+It knows nothing of file formats: NetCDF3/HDF5 mutations (tests/faults/corpus.py) go through
+virtual ingest, the malformed RINEX files through materialized ingest (``materialize=``). Each file
+is its own group, so one file's fate never depends on another's.
 """
 
 from __future__ import annotations
@@ -74,7 +74,11 @@ def url_of(item: HostileFile) -> str:
 
 
 def hostile_resources(
-    files: Sequence[HostileFile], store_url: str, execution: dict[str, Any], fixes: Sequence[str] = ()
+    files: Sequence[HostileFile],
+    store_url: str,
+    execution: dict[str, Any],
+    fixes: Sequence[str] = (),
+    materialize: dict[str, Any] | None = None,
 ) -> tuple[IcechunkStore, IngestBatch]:
     root = Path(os.path.commonpath([str(f.path.resolve().parent) for f in files]))
     store = IcechunkStore.model_validate(
@@ -95,7 +99,11 @@ def hostile_resources(
                 "store": "hostile",
                 "source": {"files": [url_of(f) for f in files]},
                 "grouping": {"pattern": PATTERN, "template": "hostile/{stem}"},
-                "virtualization": {"fixes": list(fixes)},
+                **(
+                    {"materialize": materialize}
+                    if materialize is not None
+                    else {"virtualization": {"fixes": list(fixes)}}
+                ),
                 "execution": execution,
                 "failures": {"maxFailedFraction": 1.0},
             },
@@ -112,6 +120,7 @@ def run_hostile(
     file_timeout: int = 5,
     worker_memory: str = "1Gi",
     fixes: Sequence[str] = (),
+    materialize: dict[str, Any] | None = None,
 ) -> HostileRun:
     """One batch of ``files`` on the cluster at ``scheduler``; the account of every file."""
     store, batch = hostile_resources(
@@ -119,6 +128,7 @@ def run_hostile(
         store_dir.resolve().as_uri(),
         {"workers": 2, "fileTimeoutSeconds": file_timeout, "workerMemory": worker_memory},
         fixes,
+        materialize,
     )
     before = workers(scheduler)
     started = time.perf_counter()

@@ -61,8 +61,12 @@ def read_rinex(path: Path, options: Mapping[str, Any]) -> xr.Dataset:
 
     header = _first_line(path)
     version = header[:9].strip()
-    if "OBSERVATION DATA" not in header[20:40] and "OBSERVATION DATA" not in header:
-        raise UnreadableFileError(f"not a RINEX observation file (first line {header[:60].rstrip()!r})")
+    if "OBSERVATION DATA" not in header:
+        shown = header[:60].rstrip()
+        what = (
+            f"its first line is {shown!r}" if shown.isprintable() and shown else "its first line is not text"
+        )
+        raise UnreadableFileError(f"not a RINEX observation file ({what})")
     if version.startswith("3."):
         _check_v3_epoch_flags(path)
         reader: Any = Rnxv3Obs(fpath=path)
