@@ -16,3 +16,16 @@ def snr_to_quarter_db(path: Path, **options: Any) -> xr.Dataset:
     dataset = Rnxv3Obs(fpath=path).to_ds(pad_global_sid=False, strip_fillval=False, **options)
     dataset["SNR"] = (np.round(dataset["SNR"] * 4) / 4).astype(dataset["SNR"].dtype)
     return dataset
+
+
+def hostile(path: Path, **options: Any) -> xr.Dataset:
+    """The quarter hour 00:15 hangs, 00:30 kills its process with SIGSEGV, the rest read."""
+    import os
+    import signal
+    import time
+
+    if "0015_15M" in path.name:
+        time.sleep(3600)
+    if "0030_15M" in path.name:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return snr_to_quarter_db(path, **options)

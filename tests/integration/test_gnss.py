@@ -11,6 +11,7 @@ import xarray as xr
 from icechunk_operator.engine.materialize.grid import SPAN_DASH
 from icechunk_operator.engine.runner import run_batch
 from icechunk_operator.engine.storage import open_repository
+from tests.faults.hostile import workers
 from tests.gnss import (
     EPOCHS_PER_FILE,
     INVALID,
@@ -221,3 +222,21 @@ def test_accepted_repairs_are_written_and_listed(tmp_path: Path, dask_scheduler:
     assert "dropped 1 malformed epochs" in report.repairs[0].message
     assert report.failure_log is not None
     shutil.rmtree(archive)
+
+
+def test_a_reader_that_hangs_or_crashes_costs_only_its_file(tmp_path: Path, dask_scheduler: str) -> None:
+    archive = tmp_path / "archive"
+    copy_files(REFERENCE[:3], archive)
+    store = gnss_store(tmp_path / "store", archive)
+    batch = gnss_batch(archive, reader="tests.gnss_readers:hostile")
+    batch.spec.execution.file_timeout_seconds = 5
+    batch.spec.failures.max_failed_files = 2
+    before = workers(dask_scheduler)
+
+    report = run_batch(store, batch, scheduler=dask_scheduler)
+
+    outcome = {Path(f.url).name[19:23]: (f.error_class, f.message) for f in report.failures}
+    assert report.done == 1 and set(outcome) == {"0015", "0030"}
+    assert outcome["0015"][0] == "FileTimeoutError" and "fileTimeoutSeconds=5" in outcome["0015"][1]
+    assert outcome["0030"][0] == "ParserCrashedError" and "SIGSEGV" in outcome["0030"][1]
+    assert workers(dask_scheduler) == before  # no Dask worker died or was restarted

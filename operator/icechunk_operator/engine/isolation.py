@@ -47,6 +47,7 @@ from icechunk_operator.engine.parse_protocol import (
     ParseReply,
     ParseRequest,
     ParserUnavailableError,
+    ReadRequest,
     describe_exit,
     failure_record,
 )
@@ -135,7 +136,9 @@ class ParserProcess:
             self._start()
         return self.started
 
-    def request(self, message: ParseRequest | GroupRequest, timeout: float, overdue: str) -> Any:
+    def request(
+        self, message: ParseRequest | GroupRequest | ReadRequest, timeout: float, overdue: str
+    ) -> Any:
         """The child's reply to ``message`` within ``timeout`` seconds; a child that does not
         answer in time is killed (:class:`FileTimeoutError` with the text ``overdue``), one that
         dies is reaped (:class:`ParserCrashedError`)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from icechunk_operator.engine.documents import GroupPayload
 from icechunk_operator.engine.file_errors import UnusableFileError
@@ -101,6 +102,33 @@ class ParseReply:
     transient: bool = False
     recycle: bool = False
     group: GroupReply | None = None
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """Read one whole file with a materializing reader; its bytes travel with the request (a
+    RINEX file is a few MB), so the parser process needs no credentials."""
+
+    url: str
+    data: bytes
+    reader: str
+    options: dict[str, Any]
+    dimension: str
+    accept_repairs: bool = False
+
+
+@dataclass(frozen=True)
+class ReadReply:
+    """The file's dataset and what the commit process needs of it, or its error."""
+
+    dataset: Any = None
+    times: Any = None
+    labels: dict[str, Any] | None = None
+    variables: dict[str, tuple[tuple[str, ...], str]] | None = None
+    repair: str = ""  # what the reader repaired, when the batch accepts repairs
+    error_class: str = ""
+    message: str = ""
+    recycle: bool = False
 
 
 @dataclass(frozen=True)

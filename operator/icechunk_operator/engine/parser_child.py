@@ -35,6 +35,8 @@ from icechunk_operator.engine.parse_protocol import (
     MemoryLimitError,
     ParseReply,
     ParseRequest,
+    ReadReply,
+    ReadRequest,
 )
 from icechunk_operator.engine.planning import GroupWork, WriteMode
 from icechunk_operator.engine.records import SourceFile
@@ -76,6 +78,8 @@ def answer(request: object, kept: Kept) -> bytes:
             if tuple(source for source, _ in kept.files) != request.sources:
                 raise RuntimeError("parser process: the files it kept are not the group's")  # a bug
             reply = assemble(request.work, kept)
+        elif isinstance(request, ReadRequest):
+            return pickle.dumps(read(request), protocol=pickle.HIGHEST_PROTOCOL)
         elif isinstance(request, ParseRequest):
             parsed = parse(request, kept)
             if request.assemble is not None and not parsed.transient:
@@ -99,6 +103,31 @@ def parse(request: ParseRequest, kept: Kept) -> ParseReply:
         return failed(error)
     kept.files.append((request.source, dataset))
     return ParseReply()
+
+
+def read(request: ReadRequest) -> ReadReply:
+    """A materializing reader's whole file (:mod:`~icechunk_operator.engine.materialize`)."""
+    from icechunk_operator.engine.materialize.tasks import read_dataset
+
+    try:
+        dataset, (times, labels, variables), repair = read_dataset(
+            request.data,
+            request.url,
+            request.reader,
+            request.options,
+            request.dimension,
+            request.accept_repairs,
+        )
+    except MemoryError as error:
+        detail = f": {error}" if str(error) else ""
+        return ReadReply(
+            error_class=MemoryLimitError.__name__, message=f"read ran out of memory{detail}", recycle=True
+        )
+    except Exception as error:  # every file ends as a dataset or a failure record
+        from icechunk_operator.engine.materialize.tasks import describe
+
+        return ReadReply(error_class=type(error).__name__, message=describe(error)[:2000])
+    return ReadReply(dataset, times, labels, variables, repair)
 
 
 def assemble(work: GroupWork, kept: Kept) -> GroupReply:

@@ -334,6 +334,7 @@ def _ingest_materialized(
         spec_hash(batch),
         containers_key(store.spec.virtual_chunk_containers),
         commit_retry(store),
+        parse_limits(batch),
     )
     execution = batch.spec.execution
     started = time.perf_counter()

@@ -35,6 +35,7 @@ from icechunk_operator.engine.materialize.tasks import (
     summary_of,
     write_object,
 )
+from icechunk_operator.engine.parse_protocol import ParseLimits
 from icechunk_operator.engine.records import FailureRecord, LedgerEntry, SourceFile, now_iso
 from icechunk_operator.engine.writer import GroupWriter
 from icechunk_operator.failpoints import failpoint
@@ -80,6 +81,7 @@ class MaterializedWriter:
         spec_hash: str,
         containers_json: str,
         retry: CommitRetry,
+        limits: ParseLimits | None = None,
     ) -> None:
         assert batch.spec.materialize is not None
         self._repo = repo
@@ -89,6 +91,7 @@ class MaterializedWriter:
         self._spec_hash = spec_hash
         self._containers_json = containers_json
         self._retry = retry
+        self._limits = limits
         self._reader = load_reader(self._spec.reader)
         self._options = dict(self._spec.reader_options)
         self.processing = processing_key(self._spec.reader, self._options, self._spec.append_dimension)
@@ -110,6 +113,7 @@ class MaterializedWriter:
             containers_json=self._containers_json,
             transient_retries=execution.retries,
             accept_repairs=spec.accept_repairs,
+            limits=self._limits,
             pure=False,
         )
         by_url = {source.url: future for (source, _), future in zip(window.files, futures, strict=True)}

@@ -19,8 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from icechunk_operator.engine.isolation import borrowed_parser
 from icechunk_operator.engine.materialize.readers import RejectedEpochsError, load_reader
 from icechunk_operator.engine.objects import cached_registry
+from icechunk_operator.engine.parse_protocol import (
+    FileTimeoutError,
+    ParseLimits,
+    ParserCrashedError,
+    ParserUnavailableError,
+    ReadReply,
+    ReadRequest,
+)
 from icechunk_operator.engine.records import FailureRecord, SourceFile
 from icechunk_operator.exiting import first_line
 from icechunk_operator.failpoints import failpoint
@@ -78,6 +87,7 @@ def read_file(
     containers_json: str,
     transient_retries: int,
     accept_repairs: bool = False,
+    limits: ParseLimits | None = None,
 ) -> ParsedFile:
     """Fetch, hash and read one file; any error of the file becomes its failure record."""
     started = time.perf_counter()
@@ -99,23 +109,64 @@ def read_file(
             return parsed
     parsed.attempts = attempt
     digest = hashlib.sha256(data).hexdigest()
-    try:
-        try:
-            dataset = _read_bytes(data, source.url, reader_name, reader_options)
-        except RejectedEpochsError as repaired:
-            if not accept_repairs or repaired.dataset is None:
-                raise
-            parsed.repair = FailureRecord(source.url, "RejectedEpochs", str(repaired), group, attempt)
-            dataset = repaired.dataset
-        parsed.dataset, summary_parts = _normalized(dataset, dimension)
-    except Exception as error:
-        parsed.failure = FailureRecord(source.url, type(error).__name__, describe(error), group, attempt)
+    request = ReadRequest(source.url, data, reader_name, reader_options, dimension, accept_repairs)
+    reply = _read_isolated(request, limits) if limits is not None else _read_here(request)
+    if reply.error_class:
+        parsed.failure = FailureRecord(source.url, reply.error_class, reply.message, group, attempt)
         return parsed
-    times, labels, variables = summary_parts
+    if reply.repair:
+        parsed.repair = FailureRecord(source.url, "RejectedEpochs", reply.repair, group, attempt)
+    parsed.dataset = reply.dataset
+    times, labels, variables = reply.times, reply.labels or {}, reply.variables or {}
     parsed.summary = FileSummary(
         source.url, group, digest, times, labels, variables, time.perf_counter() - started
     )
     return parsed
+
+
+def _read_here(request: ReadRequest) -> ReadReply:
+    try:
+        dataset, (times, labels, variables), repair = read_dataset(
+            request.data,
+            request.url,
+            request.reader,
+            request.options,
+            request.dimension,
+            request.accept_repairs,
+        )
+    except Exception as error:
+        return ReadReply(error_class=type(error).__name__, message=describe(error))
+    return ReadReply(dataset, times, labels, variables, repair)
+
+
+def _read_isolated(request: ReadRequest, limits: ParseLimits) -> ReadReply:
+    """In this thread's parser process, under ``execution.fileTimeoutSeconds`` and the worker's
+    memory: a reader that hangs, crashes or runs out of memory costs this file only."""
+    overdue = f"reading exceeded execution.fileTimeoutSeconds={limits.timeout_seconds:g} s"
+    try:
+        with borrowed_parser(limits) as process:
+            reply: ReadReply = process.request(request, limits.timeout_seconds, overdue)
+            if reply.recycle:
+                process.close()
+    except (FileTimeoutError, ParserCrashedError, ParserUnavailableError) as error:
+        return ReadReply(error_class=type(error).__name__, message=str(error))
+    return reply
+
+
+def read_dataset(
+    data: bytes, url: str, reader_name: str, options: dict[str, Any], dimension: str, accept_repairs: bool
+) -> tuple[Any, tuple[Any, Any, Any], str]:
+    """The file's dataset (append dimension first), its summary parts, and the reader's repair
+    when one was made and accepted (``RejectedEpochsError`` otherwise)."""
+    repair = ""
+    try:
+        dataset = _read_bytes(data, url, reader_name, options)
+    except RejectedEpochsError as repaired:
+        if not accept_repairs or repaired.dataset is None:
+            raise
+        repair, dataset = str(repaired), repaired.dataset
+    normalized, parts = _normalized(dataset, dimension)
+    return normalized, parts, repair
 
 
 def _read_bytes(data: bytes, url: str, reader_name: str, options: dict[str, Any]) -> Any:
