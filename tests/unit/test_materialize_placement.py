@@ -140,3 +140,18 @@ def test_the_spec_refuses_what_cannot_work_naming_the_field() -> None:
         )
     assert inner_length(MaterializeSpec()) == 720
     assert inner_length(MaterializeSpec.model_validate({"innerChunks": {}})) is None
+
+
+def test_a_materialized_batch_survives_its_own_wire_form() -> None:
+    from icechunk_operator.api import IngestBatch
+
+    batch = IngestBatch.model_validate(
+        {
+            "kind": "IngestBatch",
+            "metadata": {"name": "b"},
+            "spec": {"store": "s", "source": {"prefix": "s3://b/"}, "materialize": {}},
+        }
+    )
+    wire = batch.to_api()
+    assert "virtualization" not in wire["spec"]
+    assert IngestBatch.model_validate(wire) == batch

@@ -5,9 +5,18 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    JsonValue,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from icechunk_operator.api import grouping
 from icechunk_operator.api.common import (
@@ -422,6 +431,15 @@ class IngestBatchSpec(ApiModel):
             "sample read of every written group, and only if it did not move meanwhile."
         ),
     )
+
+    @model_serializer(mode="wrap")
+    def _without_the_other_mode(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A materialized batch is written without ``virtualization``'s defaults, so what
+        ``to_api`` gives (a repair batch, a test's YAML) is accepted again."""
+        data: dict[str, Any] = handler(self)
+        if self.materialize is not None:
+            data.pop("virtualization", None)
+        return data
 
     @model_validator(mode="after")
     def _one_ingest_mode(self) -> IngestBatchSpec:
