@@ -19,7 +19,15 @@ import icechunk
 
 from icechunk_operator import __version__
 from icechunk_operator.engine.documents import GroupPayload
-from icechunk_operator.engine.ledger import encode_page, new_page_name, page_documents, read_ledger
+from icechunk_operator.engine.ledger import (
+    COMPACT_AFTER_PAGES,
+    compact_pages,
+    encode_page,
+    list_pages,
+    new_page_name,
+    page_documents,
+    read_ledger,
+)
 from icechunk_operator.engine.planning import WriteMode
 from icechunk_operator.engine.records import LedgerEntry, now_iso
 from icechunk_operator.engine.writer import GroupWriter
@@ -91,6 +99,8 @@ class CheckpointedWriter:
         self._runner = asyncio.Runner()
         self._writer = GroupWriter(self._runner)
         self._session = repo.writable_session(branch)
+        self._ledger = dict(ledger)  # the whole current ledger, for a compacted page
+        self._pages = len(self._runner.run(list_pages(self._session.store)))
         self._ledger_by_group: dict[str, set[str]] = {}
         for entry in ledger.values():
             if not entry.removed:
@@ -169,8 +179,16 @@ class CheckpointedWriter:
         if not self._pending_groups:
             return None
         started = time.perf_counter()
-        page = encode_page(self._pending_entries)
+        for entry in self._pending_entries:
+            self._ledger[entry.url] = entry
+        if self._pages + 1 >= COMPACT_AFTER_PAGES:
+            self._runner.run(compact_pages(self._session.store))
+            page = encode_page(self._ledger.values())
+            self._pages = 0
+        else:
+            page = encode_page(self._pending_entries)
         self._writer.put_documents(self._session, page_documents(new_page_name(), page))
+        self._pages += 1
         message = self._message()
         metadata = {
             "batch": self._batch,

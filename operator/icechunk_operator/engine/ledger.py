@@ -3,7 +3,11 @@
 Icechunk cannot say which source files a store references, so the writer records them itself,
 in the same commit as the references (a crash can never leave one without the other). Each
 commit adds one page, a small uint8 Zarr array under ``_icechunk_operator/ledger`` holding a
-parquet table; later pages override earlier ones per URL, and compaction folds them into one.
+parquet table; later pages override earlier ones per URL. A store appended to every few minutes
+would gather thousands of pages, each one more request when a run starts; so once a branch holds
+:data:`COMPACT_AFTER_PAGES`, the next commit folds them into one (the whole current ledger) and
+deletes the rest, in the same commit. A writer that committed a page meanwhile keeps it: its page
+is newer than the folded one, and a rebase keeps both.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ def new_page_name() -> str:
     return f"page-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
 
 
+#: Pages a branch may gather before the next commit folds them into one.
+COMPACT_AFTER_PAGES = 32
+
+
 def page_documents(name: str, data: bytes, under: str = LEDGER_GROUP) -> dict[str, bytes]:
     """A page as a 1-D uint8 Zarr array in one uncompressed chunk (the parquet is compressed)."""
     document = {
@@ -83,15 +91,6 @@ def skeleton_documents() -> dict[str, bytes]:
     return {"zarr.json": group, f"{RESERVED_ROOT}/zarr.json": group, f"{LEDGER_GROUP}/zarr.json": group}
 
 
-async def list_pages(store: Any) -> list[str]:
-    names = set()
-    async for key in store.list_dir(LEDGER_GROUP):
-        name = key.rstrip("/")
-        if name.startswith("page-"):
-            names.add(name)
-    return sorted(names)
-
-
 async def read_pages(store: Any) -> dict[str, list[LedgerEntry]]:
     """Every page by name, oldest first."""
     import asyncio
@@ -114,3 +113,27 @@ def _prototype() -> Any:
     from zarr.core.buffer import default_buffer_prototype
 
     return default_buffer_prototype()
+
+
+async def list_pages(store: Any, under: str = LEDGER_GROUP) -> list[str]:
+    """The page names under ``under`` (ledger or registry), oldest first."""
+    names = set()
+    try:
+        async for key in store.list_dir(under):
+            name = key.rstrip("/")
+            if name.startswith("page-"):
+                names.add(name)
+    except FileNotFoundError:
+        return []
+    return sorted(names)
+
+
+async def delete_pages(store: Any, names: Iterable[str], under: str = LEDGER_GROUP) -> None:
+    import asyncio
+
+    await asyncio.gather(*(store.delete_dir(f"{under}/{name}") for name in names))
+
+
+async def compact_pages(store: Any, under: str = LEDGER_GROUP) -> None:
+    """Delete every page under ``under``: the caller writes one page with the whole state."""
+    await delete_pages(store, await list_pages(store, under), under)

@@ -335,6 +335,7 @@ def _ingest_materialized(
         containers_key(store.spec.virtual_chunk_containers),
         commit_retry(store),
         parse_limits(batch),
+        ledger,
     )
     execution = batch.spec.execution
     started = time.perf_counter()

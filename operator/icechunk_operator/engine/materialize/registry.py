@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from icechunk_operator.engine.ledger import new_page_name, page_documents
+from icechunk_operator.engine.ledger import list_pages, new_page_name, page_documents
 from icechunk_operator.engine.templates import RESERVED_ROOT
 
 REGISTRY_GROUP = f"{RESERVED_ROOT}/registry"
@@ -91,14 +91,7 @@ async def read_registry(store: Any) -> dict[tuple[str, str], RegistryEntry]:
     """The latest entry per (group, url)."""
     from zarr.core.buffer import default_buffer_prototype
 
-    names: set[str] = set()
-    try:
-        async for key in store.list_dir(REGISTRY_GROUP):
-            if key.rstrip("/").startswith("page-"):
-                names.add(key.rstrip("/"))
-    except FileNotFoundError:
-        return {}
-    ordered = sorted(names)
+    ordered = await list_pages(store, REGISTRY_GROUP)
     prototype = default_buffer_prototype()
     datas = await asyncio.gather(*(store.get(f"{REGISTRY_GROUP}/{n}/c/0", prototype) for n in ordered))
     registry: dict[tuple[str, str], RegistryEntry] = {}

@@ -12,7 +12,7 @@ import asyncio
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,12 +21,25 @@ import numpy as np
 from icechunk_operator import __version__
 from icechunk_operator.api.batch import IngestBatch, MaterializeSpec
 from icechunk_operator.engine.commits import CommitRetry, commit_with_retry
-from icechunk_operator.engine.ledger import encode_page, new_page_name, page_documents
+from icechunk_operator.engine.ledger import (
+    COMPACT_AFTER_PAGES,
+    compact_pages,
+    encode_page,
+    list_pages,
+    new_page_name,
+    page_documents,
+)
 from icechunk_operator.engine.materialize.grid import as_ns, describe_span, parse_duration
 from icechunk_operator.engine.materialize.layout import GroupState, create_group, grow, read_state
 from icechunk_operator.engine.materialize.placement import GroupPlacement, new_grid, place_group
 from icechunk_operator.engine.materialize.readers import load_reader
-from icechunk_operator.engine.materialize.registry import load_registry, processing_key, registry_documents
+from icechunk_operator.engine.materialize.registry import (
+    REGISTRY_GROUP,
+    RegistryEntry,
+    load_registry,
+    processing_key,
+    registry_documents,
+)
 from icechunk_operator.engine.materialize.tasks import (
     FilePlacement,
     ObjectWrite,
@@ -82,6 +95,7 @@ class MaterializedWriter:
         containers_json: str,
         retry: CommitRetry,
         limits: ParseLimits | None = None,
+        ledger: Mapping[str, LedgerEntry] | None = None,
     ) -> None:
         assert batch.spec.materialize is not None
         self._repo = repo
@@ -92,6 +106,7 @@ class MaterializedWriter:
         self._containers_json = containers_json
         self._retry = retry
         self._limits = limits
+        self._ledger = dict(ledger or {})
         self._reader = load_reader(self._spec.reader)
         self._options = dict(self._spec.reader_options)
         self.processing = processing_key(self._spec.reader, self._options, self._spec.append_dimension)
@@ -209,14 +224,32 @@ class MaterializedWriter:
             for url in sorted(group_of)
         ]
         if ledger:
-            documents = page_documents(new_page_name(), encode_page(ledger))
             rows = [p.entry for p in placed] + [e for g in placements.values() for e in g.recorded]
-            documents |= registry_documents(rows)
             with asyncio.Runner() as runner:
+                documents = runner.run(self._pages(session.store, ledger, rows, registry))
                 GroupWriter(runner).put_documents(session, documents)
             result.snapshot = self._commit(session, placements, states, len(ledger))
         client.cancel(futures)
         return result
+
+    async def _pages(
+        self,
+        store: Any,
+        ledger: list[LedgerEntry],
+        rows: list[RegistryEntry],
+        registry: dict[tuple[str, str], RegistryEntry],
+    ) -> dict[str, bytes]:
+        """This window's ledger and registry pages; each folded with all earlier pages into one
+        once the branch holds :data:`COMPACT_AFTER_PAGES` of them."""
+        for entry in ledger:
+            self._ledger[entry.url] = entry
+        if len(await list_pages(store)) + 1 >= COMPACT_AFTER_PAGES:
+            await compact_pages(store)
+            ledger = list(self._ledger.values())
+        if len(await list_pages(store, REGISTRY_GROUP)) + 1 >= COMPACT_AFTER_PAGES:
+            await compact_pages(store, REGISTRY_GROUP)
+            rows = list((registry | {(e.group, e.url): e for e in rows}).values())
+        return page_documents(new_page_name(), encode_page(ledger)) | registry_documents(rows)
 
     def _commit(
         self, session: Any, placements: dict[str, GroupPlacement], states: dict[str, GroupState], files: int
