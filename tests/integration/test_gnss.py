@@ -240,3 +240,21 @@ def test_a_reader_that_hangs_or_crashes_costs_only_its_file(tmp_path: Path, dask
     assert outcome["0015"][0] == "FileTimeoutError" and "fileTimeoutSeconds=5" in outcome["0015"][1]
     assert outcome["0030"][0] == "ParserCrashedError" and "SIGSEGV" in outcome["0030"][1]
     assert workers(dask_scheduler) == before  # no Dask worker died or was restarted
+
+
+def test_a_grid_that_cannot_be_inferred_fails_the_files_until_the_interval_is_given(
+    tmp_path: Path, dask_scheduler: str
+) -> None:
+    archive = tmp_path / "archive"
+    copy_files(REFERENCE[:2], archive)
+    store = gnss_store(tmp_path / "store", archive)
+    reader = "tests.gnss_readers:first_epoch_only"  # a single epoch per file: no step to see
+
+    refused = run_batch(store, gnss_batch(archive, reader=reader), scheduler=dask_scheduler)
+    assert {(f.error_class, f.message) for f in refused.failures} == {
+        ("GridError", "cannot infer the sampling interval (no file has two epochs); set materialize.interval")
+    }
+    assert refused.failed == 2
+    given = run_batch(store, gnss_batch(archive, reader=reader, interval="5s"), scheduler=dask_scheduler)
+    assert (given.done, given.failed) == (2, 0)
+    assert open_group(store, GROUP).sizes["epoch"] == 181  # 00:00:00 and 00:15:00 on the 5 s grid

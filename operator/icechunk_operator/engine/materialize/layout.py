@@ -26,6 +26,10 @@ VOLATILE_ATTRIBUTES = frozenset({"Created", "File Hash"})
 DEFAULT_INNER_DIVISOR = 48
 
 
+class ForeignGroupError(ValueError):
+    """The group exists but holds no materialized time grid (virtual ingest or another tool)."""
+
+
 @dataclass
 class GroupState:
     """What the commit process knows of a group before placing files in it."""
@@ -58,7 +62,10 @@ def read_state(store: Any, group: str, dimension: str) -> GroupState:
     ours = node.attrs.get(ATTRIBUTE)
     settings = ours.get("materialize") if isinstance(ours, dict) else None
     if not isinstance(settings, dict):
-        raise ValueError(f"group {group!r} exists but was not written by a materialized ingest")
+        raise ForeignGroupError(
+            f"group {group!r} exists and was not written by materialized ingest: choose another "
+            "grouping.template or store"
+        )
     grid = TimeGrid(int(settings["origin_ns"]), int(settings["interval_ns"]))
     time_array = node[dimension]
     assert isinstance(time_array, zarr.Array)

@@ -29,8 +29,14 @@ from icechunk_operator.engine.ledger import (
     new_page_name,
     page_documents,
 )
-from icechunk_operator.engine.materialize.grid import as_ns, describe_span, parse_duration
-from icechunk_operator.engine.materialize.layout import GroupState, create_group, grow, read_state
+from icechunk_operator.engine.materialize.grid import GridError, as_ns, describe_span, parse_duration
+from icechunk_operator.engine.materialize.layout import (
+    ForeignGroupError,
+    GroupState,
+    create_group,
+    grow,
+    read_state,
+)
 from icechunk_operator.engine.materialize.placement import GroupPlacement, new_grid, place_group
 from icechunk_operator.engine.materialize.readers import load_reader
 from icechunk_operator.engine.materialize.registry import (
@@ -58,7 +64,7 @@ from icechunk_operator.failpoints import failpoint
 class WindowResult:
     done: int = 0
     skipped: int = 0
-    failures: list[FailureRecord] | None = None
+    failures: list[FailureRecord] = field(default_factory=list)
     repairs: list[FailureRecord] = field(default_factory=list)
     snapshot: str | None = None
     seconds_reading: float = 0.0
@@ -134,8 +140,7 @@ class MaterializedWriter:
         by_url = {source.url: future for (source, _), future in zip(window.files, futures, strict=True)}
         summaries: list[ParsedFile] = client.gather(client.map(summary_of, futures, pure=False))
         failpoint("virtualizing")
-        result = WindowResult(failures=[])
-        assert result.failures is not None
+        result = WindowResult()
         result.failures.extend(p.failure for p in summaries if p.failure is not None)
         result.repairs.extend(p.repair for p in summaries if p.repair is not None)
         result.seconds_reading = sum(p.summary.seconds for p in summaries if p.summary is not None)
@@ -154,14 +159,24 @@ class MaterializedWriter:
         for parsed in readable:
             by_group[parsed.group].append(parsed)
         for group, members in sorted(by_group.items()):
-            state = read_state(session.store, group, dimension)
             group_summaries = [p.summary for p in members if p.summary is not None]
-            if not state.exists:
-                grid = new_grid(
-                    group_summaries,
-                    parse_duration(spec.interval) if spec.interval else None,
-                    as_ns(spec.origin) if spec.origin else None,
+            try:
+                state = read_state(session.store, group, dimension)
+                grid = (
+                    None
+                    if state.exists
+                    else new_grid(
+                        group_summaries,
+                        parse_duration(spec.interval) if spec.interval else None,
+                        as_ns(spec.origin) if spec.origin else None,
+                    )
                 )
+            except (GridError, ForeignGroupError) as error:  # the group's files cannot be placed
+                result.failures.extend(
+                    FailureRecord(p.source.url, type(error).__name__, str(error), group) for p in members
+                )
+                continue
+            if grid is not None:
                 first = min(members, key=lambda p: p.source.url)
                 axes, sample = client.submit(
                     axes_template, by_url[first.source.url], spec.reader, self._options, dimension, pure=False
