@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from icechunk_operator.engine.execution import is_transient
 from icechunk_operator.engine.isolation import borrowed_parser
 from icechunk_operator.engine.materialize.readers import RejectedEpochsError, load_reader
 from icechunk_operator.engine.objects import cached_registry
@@ -69,15 +70,6 @@ def _fetch(source: SourceFile, containers_json: str) -> bytes:
     return bytes(store.get(str(path)).bytes())
 
 
-def _is_transient(error: BaseException) -> bool:
-    if isinstance(error, ConnectionError | TimeoutError):
-        return True
-    text = str(error).lower()
-    return type(error).__name__ == "GenericError" and any(
-        word in text for word in ("timed out", "timeout", "connection", "503", "429", "reset")
-    )
-
-
 def read_file(
     source: SourceFile,
     group: str,
@@ -100,7 +92,7 @@ def read_file(
             data = _fetch(source, containers_json)
             break
         except Exception as error:
-            if attempt <= transient_retries and _is_transient(error):
+            if attempt <= transient_retries and is_transient(error):
                 time.sleep(min(10.0, 0.5 * 2 ** (attempt - 1)))
                 continue
             parsed.failure = FailureRecord(
