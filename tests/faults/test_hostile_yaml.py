@@ -89,9 +89,10 @@ def bomb(levels: int = 9, width: int = 9) -> str:
     return "\n".join(lines) + "\n"
 
 
-def refused_quickly(outcome: Outcome, problem: str) -> None:
+def refused_quickly(outcome: Outcome, problem: str | tuple[str, ...]) -> None:
     assert outcome.code == 2, outcome
-    assert problem in outcome.stderr, outcome.stderr
+    problems = (problem,) if isinstance(problem, str) else problem
+    assert any(p in outcome.stderr for p in problems), outcome.stderr
     assert outcome.seconds < SECONDS, outcome
     assert outcome.peak_mb < PEAK_MB, outcome
     assert "Traceback" not in outcome.stderr
@@ -156,10 +157,14 @@ def test_a_huge_document_on_a_pipe_is_refused_at_the_limit(fault_tally: FaultTal
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("[" * 100_000 + "]" * 100_000 + "\n", f"nested more than {MAX_DEPTH} levels"),
+        # PyYAML 6.0.4's scanner refuses deep flow nesting itself, before our check sees events.
+        (
+            "[" * 100_000 + "]" * 100_000 + "\n",
+            (f"nested more than {MAX_DEPTH} levels", "maximum nesting depth"),
+        ),
         (
             "kind: IngestBatch\nspec: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n",
-            f"nested more than {MAX_DEPTH}",
+            (f"nested more than {MAX_DEPTH}", "maximum nesting depth"),
         ),
         ("kind: &k [*k]\n", "refers to its own node"),
         ("kind: IngestBatch\nmetadata: {name: b, generation: " + "1" * 5000 + "}\n", "not valid YAML"),
@@ -168,7 +173,7 @@ def test_a_huge_document_on_a_pipe_is_refused_at_the_limit(fault_tally: FaultTal
     ids=["deep-brackets", "deep-mappings", "recursive-alias", "5000-digit-integer", "broken"],
 )
 def test_shapes_that_crashed_the_parser_are_refused(
-    tmp_path: Path, fault_tally: FaultTally, text: str, problem: str
+    tmp_path: Path, fault_tally: FaultTally, text: str, problem: str | tuple[str, ...]
 ) -> None:
     path = tmp_path / "shape.yaml"
     path.write_text(STORE + text)
