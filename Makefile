@@ -54,6 +54,7 @@ chart-tools: setup
 bench: setup
 	$(PY) -m tests.bench.ingest
 	$(PY) -m tests.bench.reconcile
+	$(PY) -m tests.bench.gnss
 
 # The ingest on an S3 server behind toxiproxy at 0, 20 and 50 ms per response, beside the seed's
 # algorithm (files/s, stage seconds, requests per file, commit time, peak memory).
