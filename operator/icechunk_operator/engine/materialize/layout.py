@@ -9,7 +9,6 @@ interval live in the group's attributes (``icechunk_operator.materialize``), set
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -205,11 +204,3 @@ def grow(store: Any, group: str, state: GroupState, length: int, dimension: str)
     assert isinstance(time_array, zarr.Array)
     time_array[state.length : length] = state.grid.times(state.length, length)
     state.length = length
-
-
-def variables_of(state: GroupState) -> tuple[str, ...]:
-    return tuple(sorted(state.variables))
-
-
-def fill_values(node: Any, names: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: node[name].fill_value for name in names}

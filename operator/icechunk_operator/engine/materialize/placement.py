@@ -14,7 +14,6 @@ import numpy as np
 
 from icechunk_operator.api.batch import OnOverlap
 from icechunk_operator.engine.materialize.grid import (
-    NS_PER_SECOND,
     GridError,
     TimeGrid,
     day_start,
@@ -177,7 +176,3 @@ def _check_axes(
             raise UnknownLabelsError(
                 f"{len(unknown)} labels along {dim!r} are not in the group's axis (first: {unknown[0]!r})"
             )
-
-
-def interval_text(grid: TimeGrid) -> str:
-    return f"{grid.interval_ns / NS_PER_SECOND:g} s"
