@@ -2,10 +2,12 @@
 
 1. A day of one receiver (96 files, 15 minutes at 5 s) ingested end to end, beside the reader's
    own parse time for the same files on the same workers (the floor): a LocalCluster of 2 worker
-   processes x 1 thread, started and warmed (imports, one real file) before either is timed. The floor maps
-   ``Rnxv3Obs(fpath).to_ds()`` over the files, with its defaults as canVODpy's pipeline calls it
-   and with ``pad_global_sid=False`` as our reader does; the ingest is ``run_batch`` into a fresh
-   local store. Target: end to end within 1.3x the floor.
+   processes x 1 thread, started and warmed (one real file through the engine's read) before
+   anything is timed. The floor maps ``Rnxv3Obs(fpath).to_ds()`` over the files, with its
+   defaults as canVODpy's pipeline calls it, and with ``pad_global_sid=False`` as our reader
+   does; the ingest is ``run_batch`` into a fresh local store. Target: within 1.3x the floor.
+   Wall and CPU time are printed with the load average: the machine is shared, and CPU time
+   is the steadier figure.
 2. One 15-minute file (2025-031 00:00) appended to stores that hold 1, 10 and 30 days. Target:
    under 5 s end to end (``run_batch``: open, list, plan, read, write, commit), and a peak memory
    of the commit process and of the workers that does not grow with the store's length. Each
@@ -13,12 +15,14 @@
 
 The day is made from the 24 real files (2025-001 00:00-06:00) by shifting their times (see
 :mod:`tests.bench.gnss_files`). The 10- and 30-day stores are ingested for real, once, by 15
-batches of two days (one window, one commit each), and cached under
-``~/.cache/icechunk-operator/bench/gnss-stores-30d-<key>``; the key changes with this benchmark's
-build, Icechunk, Zarr, canvod-readers, the operator's version and the default materialize spec.
-Cold cost: about 40 s to write 2,880 files (6.5 GB) and roughly 20-40 minutes to ingest them on 2
-cores. Each append works on a clone of a cached store (chunk files hard-linked: Icechunk never
-rewrites one; everything else copied), so the cache stays as it was.
+batches of two days (one window, one commit each), garbage-collected, and cached under
+``~/.cache/icechunk-operator/bench/gnss-stores-30d-<key>``; the key changes with this
+benchmark's build, Icechunk, Zarr, canvod-readers, the operator's version and the default
+materialize spec. Cold cost: about 40 s to write 2,880 files (6.1 GB, kept: the whole-archive
+append lists them), then about 40 s a day to ingest them on 2 quiet cores (2,207 s measured on
+a busy machine); the stores take 1.4 GB. Warm, the benchmark takes 3.5 minutes on a quiet
+machine (7 to 11 on a busy one). Each append works on a clone of a cached store (chunk files
+hard-linked: Icechunk never rewrites one; everything else copied), so the cache stays as it was.
 """
 
 from __future__ import annotations
@@ -427,6 +431,8 @@ def show_day(day: dict[str, Any]) -> bool:
     )
     ratio = day["sharded"]["wall"] / floor["wall"]
     passed = ratio <= TARGET_RATIO
+    unpadded = day["sharded"]["wall"] / day["floor_unpadded"]["wall"]
+    print(f"the ingest against the unpadded parse (what the engine itself parses): {unpadded:.2f}x")
     print(
         f"{'PASS' if passed else 'FAIL'}: a day end to end {ratio:.2f}x the parse floor (target <= {TARGET_RATIO})"
     )
