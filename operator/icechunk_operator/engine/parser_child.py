@@ -107,27 +107,15 @@ def parse(request: ParseRequest, kept: Kept) -> ParseReply:
 
 def read(request: ReadRequest) -> ReadReply:
     """A materializing reader's whole file (:mod:`~icechunk_operator.engine.materialize`)."""
-    from icechunk_operator.engine.materialize.tasks import read_dataset
+    from icechunk_operator.engine.materialize.tasks import read_here
 
     try:
-        dataset, (times, labels, variables), repair = read_dataset(
-            request.data,
-            request.url,
-            request.reader,
-            request.options,
-            request.dimension,
-            request.accept_repairs,
-        )
+        return read_here(request)
     except MemoryError as error:
         detail = f": {error}" if str(error) else ""
         return ReadReply(
             error_class=MemoryLimitError.__name__, message=f"read ran out of memory{detail}", recycle=True
         )
-    except Exception as error:  # every file ends as a dataset or a failure record
-        from icechunk_operator.engine.materialize.tasks import describe
-
-        return ReadReply(error_class=type(error).__name__, message=describe(error)[:2000])
-    return ReadReply(dataset, times, labels, variables, repair)
 
 
 def assemble(work: GroupWork, kept: Kept) -> GroupReply:

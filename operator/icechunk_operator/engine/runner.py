@@ -145,32 +145,7 @@ def run_batch(
     files = list_sources(batch.spec.source, store.spec)
     stages["list"] = time.perf_counter() - started
 
-    if batch.spec.materialize is not None:
-        return _finish(
-            repo,
-            store,
-            batch,
-            report,
-            branch,
-            target,
-            base,
-            lambda: _ingest_materialized(
-                repo,
-                store,
-                batch,
-                branch,
-                files,
-                ledger,
-                report,
-                progress,
-                on_progress,
-                scheduler,
-                workers,
-                stage,
-            ),
-            stage,
-        )
-
+    ingest = _ingest_materialized if batch.spec.materialize is not None else _ingest_virtual
     return _finish(
         repo,
         store,
@@ -179,7 +154,7 @@ def run_batch(
         branch,
         target,
         base,
-        lambda: _ingest_virtual(
+        lambda: ingest(
             repo,
             store,
             batch,

@@ -102,7 +102,7 @@ def read_file(
     parsed.attempts = attempt
     digest = hashlib.sha256(data).hexdigest()
     request = ReadRequest(source.url, data, reader_name, reader_options, dimension, accept_repairs)
-    reply = _read_isolated(request, limits) if limits is not None else _read_here(request)
+    reply = _read_isolated(request, limits) if limits is not None else read_here(request)
     if reply.error_class:
         parsed.failure = FailureRecord(source.url, reply.error_class, reply.message, group, attempt)
         return parsed
@@ -116,7 +116,8 @@ def read_file(
     return parsed
 
 
-def _read_here(request: ReadRequest) -> ReadReply:
+def read_here(request: ReadRequest) -> ReadReply:
+    """Read in this process; a MemoryError passes through (the parser process reports it)."""
     try:
         dataset, (times, labels, variables), repair = read_dataset(
             request.data,
@@ -126,8 +127,10 @@ def _read_here(request: ReadRequest) -> ReadReply:
             request.dimension,
             request.accept_repairs,
         )
-    except Exception as error:
-        return ReadReply(error_class=type(error).__name__, message=describe(error))
+    except MemoryError:
+        raise
+    except Exception as error:  # every file ends as a dataset or a failure record
+        return ReadReply(error_class=type(error).__name__, message=describe(error)[:2000])
     return ReadReply(dataset, times, labels, variables, repair)
 
 
