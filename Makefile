@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane chart-tools toxiproxy fake-gcs-server image image-lock clean
+.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane node chart-tools toxiproxy fake-gcs-server image image-local image-lock clean
 
 setup:
 	@scripts/setup.sh
@@ -16,7 +16,7 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: lint control-plane chart-tools toxiproxy fake-gcs-server
+test: lint control-plane chart-tools toxiproxy fake-gcs-server node image-local
 	$(PY) -m pytest -q
 
 # The fault matrix alone: kills at each stage, storage and control-plane faults, hostile input,
@@ -25,11 +25,12 @@ test-faults: setup control-plane chart-tools toxiproxy fake-gcs-server
 	$(PY) -m pytest -q -m faults
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not s3 and not azure and not k8s"
+	$(PY) -m pytest -q -m "not slow and not s3 and not azure and not k8s and not pods"
 
-# The end-to-end tests on the local control plane (built and cached on first use).
-test-k8s: setup control-plane chart-tools
-	$(PY) -m pytest -q -m k8s
+# The end-to-end tests on the local control plane (built and cached on first use): the fast tier
+# (a fake kubelet runs commit pods as processes) and the real-pod tier (a real node runs the image).
+test-k8s: setup control-plane chart-tools node image-local
+	$(PY) -m pytest -q -m "k8s or pods"
 
 crds: setup
 	$(VENV)/bin/icechunk-operator crds --output crds
@@ -38,6 +39,11 @@ crds: setup
 # etcd, kube-apiserver, kube-controller-manager, kubectl and kwok, built from Go modules.
 control-plane:
 	@scripts/build-control-plane.sh >/dev/null
+
+# kubelet, kube-proxy, kube-scheduler and CoreDNS (Go modules), containerd, runc and the CNI plugins
+# (Debian's packages): a real node for the real-pod tier.
+node:
+	@scripts/build-node.sh >/dev/null
 
 # toxiproxy (built from its Go module), for latency and network faults in front of the S3 server.
 toxiproxy:
@@ -69,8 +75,14 @@ bench-operator: setup control-plane
 # The image of operator, commit pods and Dask pods, where a container engine exists.
 IMAGE ?= icechunk-operator:0.1.0
 image:
-	@engine=$$(command -v docker || command -v podman) || { echo "make image: no docker or podman here"; exit 1; }; \
+	@engine=$$(command -v docker || command -v podman) || { echo "make image: no docker or podman here (make image-local builds it without one)"; exit 1; }; \
 	$$engine build -f worker_image/Dockerfile -t $(IMAGE) .
+
+# The same image without a container engine or a registry (root, mmdebstrap, gcc): OCI layout
+# tarballs for `ctr -n k8s.io images import`, cached; prints the pause image's tarball, then the
+# image's (scripts/build-image.sh says how each layer is made).
+image-local:
+	@scripts/build-image.sh
 
 # Keep the image's lock within the development lock after changing dependencies. The image holds
 # the dask-operator extra: the chart runs the Dask operator's controller from it.

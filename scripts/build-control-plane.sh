@@ -38,52 +38,8 @@ flock 9
 if all_built; then echo "$bin"; exit 0; fi
 
 export GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0
-ldflags="-s -w"
-staging_minor="v0.${KUBERNETES_VERSION#v1.}"
 
 log() { echo "build-control-plane: $*" >&2; }
-
-build_kubernetes() {
-    local dir="$root/src/kubernetes" kmod name
-    mkdir -p "$dir"
-    kmod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" \
-        | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-    {
-        echo "module icechunk-operator.invalid/control-plane"
-        echo
-        echo "go $(sed -n 's/^go //p' "$kmod")"
-        echo
-        echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
-        echo
-        sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#replace \1 => \1 '"$staging_minor"'#p' "$kmod"
-    } >"$dir/go.mod"
-    cat >"$dir/tools.go" <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubectl/pkg/cmd"
-)
-GO
-    (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
-    # The version the binaries report (helm checks a chart's kubeVersion against it); a plain
-    # `go build` would say v0.0.0-master.
-    local minor=${KUBERNETES_VERSION#v1.}
-    minor=${minor%%.*}
-    local version_flags="" package
-    for package in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        version_flags+=" -X $package.gitVersion=$KUBERNETES_VERSION -X $package.gitMajor=1"
-        version_flags+=" -X $package.gitMinor=$minor -X $package.gitTreeState=clean"
-    done
-    for name in kube-apiserver kube-controller-manager kubectl; do
-        log "building $name $KUBERNETES_VERSION"
-        (cd "$dir" && go build -trimpath -ldflags "$ldflags $version_flags" -o "$bin/$name.tmp" "k8s.io/kubernetes/cmd/$name")
-        mv "$bin/$name.tmp" "$bin/$name"
-    done
-}
 
 # shellcheck source=go-module-build.sh
 source "$(dirname "$0")/go-module-build.sh"
@@ -91,6 +47,6 @@ source "$(dirname "$0")/go-module-build.sh"
 started=$SECONDS
 [[ -x "$bin/etcd" ]] || build_go_module etcd go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 [[ -x "$bin/kwok" ]] || build_go_module kwok sigs.k8s.io/kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-all_built || build_kubernetes
+all_built || build_kubernetes_commands "$KUBERNETES_VERSION" kube-apiserver kube-controller-manager kubectl
 log "built in $((SECONDS - started)) s into $bin"
 echo "$bin"

@@ -222,3 +222,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for line in lines:
             terminalreporter.write_line(line)
         TALLY.write()
+
+
+@pytest.fixture(scope="session")
+def chart_tools() -> Path:
+    """helm and checkov, built or found by scripts/build-chart-tools.sh."""
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "build-chart-tools.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(result.stdout.strip().splitlines()[-1])

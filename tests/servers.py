@@ -35,9 +35,9 @@ _MOTO_LINE = re.compile(
 _VERSITYGW_LINE = re.compile(r"\| vgw \| \d{3} \|[^|]*\|[^|]*\| (GET|PUT|POST|HEAD|DELETE) \| (\S*) \|")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -97,16 +97,17 @@ class S3Server:
 
 
 @contextmanager
-def s3_server(folder: Path) -> Iterator[S3Server]:
-    """moto in server mode in its own process; each request it serves is a line of its log."""
-    port = free_port()
+def s3_server(folder: Path, host: str = "127.0.0.1") -> Iterator[S3Server]:
+    """moto in server mode in its own process; each request it serves is a line of its log.
+    ``host``: the address it listens on (a real node's bridge, for pods to reach it)."""
+    port = free_port(host)
     log = folder / "moto.log"
     binary = Path(sys.executable).with_name("moto_server")
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+            [str(binary), "-H", host, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
         )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     try:
         wait_until(lambda: _answers(endpoint + "/moto-api/"), what="the S3 server")
         yield S3Server(endpoint, log, process.pid)

@@ -22,11 +22,12 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "scripts" / "build-control-plane.sh"
 KWOK_NODE = "kwok-node"
 ADMIN_TOKEN = "icechunk-operator-test-admin-token"  # a loopback-only test cluster's own token
+SERVICE_RANGE = "10.96.0.0/16"  # Services' virtual addresses (a real node's kube-proxy routes them)
 
 
-def free_port() -> int:
+def free_port(address: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
 
 
@@ -57,10 +58,16 @@ class ControlPlane:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     etcd_url: str = ""
     etcd_peer_url: str = ""
+    #: Where the API server listens and what it advertises (the ``kubernetes`` Service's
+    #: endpoint): loopback, unless pods of a real node must reach it (the node's bridge address).
+    address: str = "127.0.0.1"
+    #: Simulate a node with kwok; a real node (tests/cluster/node.py) registers itself instead.
+    kwok: bool = True
 
     def __post_init__(self) -> None:
         self.kubeconfig = self.root / "admin.kubeconfig"
         self.ca_file = self.root / "certs" / "apiserver.crt"
+        self.kubelet_client_ca = self.root / "kubelet-client-ca.crt"
 
     # Processes -----------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str]) -> None:
@@ -78,7 +85,8 @@ class ControlPlane:
         self._apiserver()
         self._write_kubeconfig(self.kubeconfig, ADMIN_TOKEN)
         self._controller_manager()
-        self._kwok()
+        if self.kwok:
+            self._kwok()
         return self
 
     def stop(self) -> None:
@@ -100,6 +108,59 @@ class ControlPlane:
             ["openssl", "rsa", "-in", str(key), "-pubout", "-out", str(pub)], check=True, capture_output=True
         )
         (self.root / "tokens.csv").write_text(f'{ADMIN_TOKEN},admin,admin-uid,"system:masters"\n')
+        self._kubelet_client_certificate()
+
+    def _kubelet_client_certificate(self) -> None:
+        """A CA, and the certificate the API server presents to kubelets (for logs and exec);
+        a real node's kubelet trusts that CA and asks the API server what the holder may do."""
+        if self.kubelet_client_ca.exists():
+            return
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.root)
+
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=kubelet-client-ca",
+            "-keyout",
+            "kubelet-client-ca.key",
+            "-out",
+            "kubelet-client-ca.crt",
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "-keyout",
+            "kubelet-client.key",
+            "-out",
+            "kubelet-client.csr",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            "kubelet-client.csr",
+            "-CA",
+            "kubelet-client-ca.crt",
+            "-CAkey",
+            "kubelet-client-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "kubelet-client.crt",
+        )
 
     def _etcd(self) -> None:
         if not self.etcd_url:  # a restart keeps the ports (and the data directory)
@@ -134,7 +195,7 @@ class ControlPlane:
 
     def _apiserver(self) -> None:
         if not self.server:  # a restart keeps the port (and the certificates in cert-dir)
-            self.server = f"https://127.0.0.1:{free_port()}"
+            self.server = f"https://{self.address}:{free_port(self.address)}"
         port = self.server.rpartition(":")[2]
         self._spawn(
             "kube-apiserver",
@@ -142,8 +203,8 @@ class ControlPlane:
                 str(self.bin / "kube-apiserver"),
                 f"--etcd-servers={self.etcd_url}",
                 f"--secure-port={port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--cert-dir={self.root / 'certs'}",
                 "--authorization-mode=RBAC",
                 # As OpenShift does: setting blockOwnerDeletion on a child needs the right to
@@ -153,7 +214,10 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={self.root / 'sa.pub'}",
                 f"--service-account-signing-key-file={self.root / 'sa.key'}",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                f"--service-cluster-ip-range={SERVICE_RANGE}",
+                f"--kubelet-client-certificate={self.root / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={self.root / 'kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=false",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -236,8 +300,12 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={free_port()}",
                 f"--service-account-private-key-file={self.root / 'sa.key'}",
+                # The CA pods find in their kube-root-ca.crt ConfigMap, to trust the API server.
+                f"--root-ca-file={self.ca_file}",
                 "--use-service-account-credentials=false",
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller",
+                # A real node needs the node lifecycle controller to lift its not-ready taint.
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller"
+                + (",-nodelifecycle" if self.kwok else ""),
                 "--concurrent-gc-syncs=5",
                 "--v=1",
             ],

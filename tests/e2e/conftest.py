@@ -56,18 +56,6 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 
 
 @pytest.fixture(scope="session")
-def chart_tools() -> Path:
-    """helm and checkov, built or found by scripts/build-chart-tools.sh."""
-    result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "build-chart-tools.sh")],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return Path(result.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture(scope="session")
 def kube(control_plane: ControlPlane) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(control_plane.kubeconfig))
 

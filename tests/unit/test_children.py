@@ -185,7 +185,10 @@ def test_dask_cluster_keeps_the_layout_of_dask_kubernetes() -> None:
         base = theirs_shape["spec"][role]["spec"]["containers"][0]
         for key, value in base.items():
             if key == "args":
-                assert mine["args"][: len(value)] == value
+                # The same command through the `dask` CLI (dask-worker -> dask worker): the
+                # locked distributed no longer installs the scripts make_cluster_spec names.
+                command = [*value[0].split("-", 1), *value[1:]]
+                assert mine["args"][: len(command)] == command
             else:
                 assert mine[key] == value, (role, key)
     assert ours["spec"]["worker"]["replicas"] == theirs["spec"]["worker"]["replicas"] == 4

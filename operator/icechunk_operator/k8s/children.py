@@ -257,10 +257,13 @@ def dask_cluster(batch: IngestBatch, store: IcechunkStore, settings: OperatorSet
             **extra,
         }
 
+    # `dask worker` / `dask scheduler`: the locked distributed installs only the `dask` command, not
+    # the dask-worker and dask-scheduler scripts that dask-kubernetes' own spec still names.
     worker = container(
         "worker",
         [
-            *("dask-worker", "--name", "$(DASK_WORKER_NAME)", "--dashboard", "--dashboard-address", "8788"),
+            *("dask", "worker", "--name", "$(DASK_WORKER_NAME)"),
+            *("--dashboard", "--dashboard-address", "8788"),
             *("--nthreads", str(execution.threads_per_worker), "--memory-limit", execution.worker_memory),
         ],
         [{"name": "http-dashboard", "containerPort": 8788, "protocol": "TCP"}],
@@ -271,7 +274,7 @@ def dask_cluster(batch: IngestBatch, store: IcechunkStore, settings: OperatorSet
     )
     scheduler = container(
         "scheduler",
-        ["dask-scheduler", "--host", "0.0.0.0"],
+        ["dask", "scheduler", "--host", "0.0.0.0"],
         [
             {"name": "tcp-comm", "containerPort": 8786, "protocol": "TCP"},
             {"name": "http-dashboard", "containerPort": 8787, "protocol": "TCP"},
