@@ -290,7 +290,11 @@ prune_stale() {
 
 build_image() {
     [[ $(id -u) -eq 0 ]] || die "the project's image needs root (mmdebstrap --mode=root, chroot)"
-    command -v mmdebstrap >/dev/null || die "mmdebstrap is required (apt-get install mmdebstrap)"
+    if ! command -v mmdebstrap >/dev/null; then  # a fresh machine: Debian's package, as root
+        log "installing mmdebstrap from Debian's packages"
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mmdebstrap >/dev/null \
+            || die "mmdebstrap is required (apt-get install mmdebstrap)"
+    fi
     local py codename sources base_key base app_key app name tag out key python_version
     py=$(image_python)
     codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")

@@ -74,6 +74,26 @@ def save_iptables(binary: str) -> str:
     return result.stdout if result.returncode == 0 else ""
 
 
+def normalized_rules(saved: str) -> dict[str, list[str]]:
+    """Each table's chains and rules, without what changes by itself (the save's comment lines
+    with their date, packet counters), and without tables holding nothing (no rules, every
+    chain ACCEPT): an emptied table is as good as one never made."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in saved.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:], [])
+        elif line != "COMMIT":
+            current.append(re.sub(r"\[\d+:\d+\]", "[0:0]", line))
+    return {
+        table: lines
+        for table, lines in tables.items()
+        if any(not (line.startswith(":") and line.endswith(" ACCEPT [0:0]")) for line in lines)
+    }
+
+
 def _restore_table_text(saved: str) -> str:
     """``*-restore`` input that gives each table exactly its saved rules, and empties tables
     that did not exist before (restoring a table replaces all its chains and rules)."""
@@ -113,6 +133,27 @@ class HostState:
     def load(cls, path: Path) -> HostState:
         return cls(**json.loads(path.read_text()))
 
+    def differences(self, now: HostState, mount_prefixes: tuple[str, ...] = ()) -> list[str]:
+        """What differs between this state and ``now``, in what a node touches."""
+        found = [
+            f"{key.replace('/', '.')}: {self.sysctls[key].strip()} -> {now.sysctls[key].strip()}"
+            for key in self.sysctls.keys() & now.sysctls.keys()
+            if self.sysctls[key] != now.sysctls[key]
+        ]
+        for binary, saved in self.iptables.items():
+            was, is_now = normalized_rules(saved), normalized_rules(now.iptables.get(binary, ""))
+            found += [
+                f"{binary} {table} table: {was.get(table, [])} -> {is_now.get(table, [])}"
+                for table in sorted(was.keys() | is_now.keys())
+                if was.get(table) != is_now.get(table)
+            ]
+        prefixes = MOUNT_PREFIXES + mount_prefixes
+        found += [f"mount {m}" for m in set(now.mounts) - set(self.mounts) if m.startswith(prefixes)]
+        found += [f"network namespace {n}" for n in set(now.netns) - set(self.netns)]
+        found += [f"link {link}" for link in set(now.links) - set(self.links)]
+        found += [f"route {route}" for route in set(now.routes) - set(self.routes)]
+        return sorted(found)
+
     def restore(self, extra_mount_prefixes: tuple[str, ...] = ()) -> list[str]:
         """Put the host back; returns what was put back (for the log), and raises if anything
         could not be."""
@@ -139,7 +180,7 @@ class HostState:
             subprocess.run(["ip", "route", "delete", *route.split()], capture_output=True)
             done.append(f"deleted route {route}")
         for binary, saved in self.iptables.items():
-            if save_iptables(binary) == saved:
+            if normalized_rules(save_iptables(binary)) == normalized_rules(saved):
                 continue
             result = subprocess.run(
                 [f"{binary}-restore"], input=_restore_table_text(saved), capture_output=True, text=True

@@ -337,6 +337,10 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         self._kill_shims()
         if self.host is not None:
             self.restored = self.host.restore(extra_mount_prefixes=(str(self.root),))
+            left = self.host.differences(HostState.capture(), mount_prefixes=(str(self.root),))
+            left += [f"cgroup {path}" for path in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_ROOT.strip('/')}")]
+            if left:  # the state file stays: the next run tries again
+                raise RuntimeError("the node left the host changed: " + "; ".join(left))
             self.state_file.unlink(missing_ok=True)
             self._folders_file.unlink(missing_ok=True)
 
