@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +61,8 @@ class Node:
     state_file: Path  # the host state before the node, kept until it is put back
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host: HostState | None = None
-    restored: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)  # what stop() put back, for the log
+    dns_ready_port: int = 0  # CoreDNS's readiness endpoint on loopback
 
     @property
     def socket(self) -> Path:
@@ -111,7 +113,7 @@ class Node:
         _make_cgroup(CGROUP_ROOT)
         self._containerd()
         for image in images:
-            self.ctr("images", "import", "--no-unpack=false", str(image))
+            self.ctr("images", "import", str(image))
         self._coredns(plane)
         self._scheduler(plane)
         self._kubelet(plane)
@@ -132,7 +134,15 @@ class Node:
             wait_for(ready, "the node to be Ready", timeout=120)
         except TimeoutError:
             raise TimeoutError("node not Ready:\n" + self.log_tail("kubelet")) from None
+        try:  # CoreDNS answers once its kubernetes plugin has listed Services and endpoints
+            wait_for(self._dns_ready, "CoreDNS", timeout=60)
+        except TimeoutError:
+            raise TimeoutError("CoreDNS not ready:\n" + self.log_tail("coredns")) from None
         return self
+
+    def _dns_ready(self) -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.dns_ready_port}/ready", timeout=1) as response:
+            return bool(response.status == 200)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.root / f"{name}.log").open("ab")

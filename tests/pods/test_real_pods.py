@@ -81,6 +81,15 @@ def assert_confined(cluster: RealCluster, namespace: str, pod: str) -> None:
     assert lines[3] == "TMP-OK", result.stdout  # the emptyDir the image's HOME and TMPDIR use
 
 
+def failure_records(server: S3Server, status: dict[str, Any]) -> str:
+    """The batch's failure log (JSON in the bucket beside the store), for a failing assertion."""
+    bucket, _, key = str(status.get("failureLog", "")).removeprefix("s3://").partition("/")
+    if not key:
+        return f"no failure log in the status: {status}"
+    body = server.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return f"failure log {status['failureLog']}:\n{body[-4000:]}"
+
+
 def upload(server: S3Server, bucket: str, files: dict[str, bytes]) -> None:
     client = server.client()
     client.create_bucket(Bucket=bucket)
@@ -194,7 +203,9 @@ def test_an_ingest_from_s3_on_real_pods_survives_a_worker_deleted_mid_batch(
     assert waited.returncode == 0, waited.stderr + charted.diagnostics(NAMESPACE)
     status = kubectl_json(charted, "get ingestbatch projection-ais -n", NAMESPACE)["status"]
     assert then["phase"] == "Running" and then["files"]["done"] < len(good)  # mid-batch
-    assert (status["files"]["done"], status["files"]["failed"]) == (len(good), 4)
+    assert (status["files"]["done"], status["files"]["failed"]) == (len(good), 4), failure_records(
+        bridge_s3, status
+    )
 
     # Read back on the host, through the same S3 server: every good file once, values equal.
     for name, value in (("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET)):

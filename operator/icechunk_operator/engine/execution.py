@@ -240,7 +240,12 @@ def stream_outcomes(
     files_in_flight: int = 1,
     limits: ParseLimits | None = None,
 ) -> Iterator[GroupOutcome]:
-    """Outcomes in completion order; a task that crashed becomes failure records, not a crash."""
+    """Outcomes in completion order; a task that crashed becomes failure records, not a crash.
+
+    A worker that leaves (its pod deleted, its node drained) takes the results it held with it:
+    their futures turn "lost" (or back to "pending") while the scheduler computes them again on
+    another worker. Such a future goes back into the stream and is read when it finishes again;
+    only a task that raised, or was cancelled, costs its files."""
     from distributed import as_completed
 
     futures = {
@@ -249,20 +254,23 @@ def stream_outcomes(
         ): works
         for works in tasks
     }
-    for future in as_completed(futures):
+    completed = as_completed(futures)
+    for future in completed:
+        if future.status in ("lost", "pending"):
+            completed.add(future)
+            continue
         works = futures.pop(future)
         if future.status == "finished":
             yield from future.result()
         else:
-            error = future.exception()
+            error = future.exception() if future.status == "error" else None
+            kind = type(error).__name__ if error is not None else "CancelledError"
+            message = f"worker task failed: {error}" if error is not None else f"worker task {future.status}"
             for work in works:
                 yield GroupOutcome(
                     work.group,
                     work.size,
                     None,
-                    [
-                        FailureRecord(s.url, type(error).__name__, f"worker task failed: {error}", work.group)
-                        for s in work.files
-                    ],
+                    [FailureRecord(s.url, kind, message, work.group) for s in work.files],
                 )
         future.release()
