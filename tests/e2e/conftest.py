@@ -33,13 +33,15 @@ def _dask_crds() -> Path:
     return Path(dask_kubernetes.__file__).parent / "operator/deployment/helm/dask-kubernetes-operator/crds"
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", poll: float = 0.1
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 

@@ -10,7 +10,6 @@ the node's bridge. Run this tier alone with ``make test-k8s`` (with the fake-kub
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from tests.conftest import make_archive
+from tests.e2e.conftest import wait_until
 from tests.integration.readback import ledger_urls, open_group
 from tests.pods.conftest import RealCluster, readme_commands
 from tests.servers import S3_KEY, S3_SECRET, S3Server
@@ -37,15 +37,11 @@ def kubectl_json(cluster: RealCluster, *args: str) -> Any:
 
 
 def wait(check: Any, timeout: float, what: str, cluster: RealCluster) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(
-        f"timed out after {timeout:.0f} s waiting for {what}\n{cluster.diagnostics(NAMESPACE)}"
-    )
+    """``wait_until`` once a second (each check runs kubectl), failing with the cluster's state."""
+    try:
+        return wait_until(check, timeout, what, poll=1)
+    except TimeoutError as error:
+        raise AssertionError(f"{error}\n{cluster.diagnostics(NAMESPACE)}") from None
 
 
 @pytest.fixture(scope="module")
