@@ -18,11 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="ingest the IngestBatches of a YAML file")
+    run = commands.add_parser(
+        "run", help="ingest the IngestBatches of a YAML file and do one run of each IngestSchedule"
+    )
     run.add_argument("-f", "--file", required=True, type=Path, help="YAML with stores and batches")
     run.add_argument("--scheduler", help="address of a Dask scheduler (default: local cluster)")
     run.add_argument("--workers", type=int, help="worker processes of the local cluster")
     run.add_argument("--batch", action="append", help="only these batches (repeatable)")
+    run.add_argument("--schedule", action="append", help="only these schedules, one run each (repeatable)")
 
     validate = commands.add_parser("validate", help="check a YAML file without running it")
     validate.add_argument("-f", "--file", required=True, type=Path)
@@ -114,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         return _in_cluster("commit", args.batch, args.scheduler)
     if args.command == "maintain":
         return _in_cluster("maintain", args.store)
-    return run_file(args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch)
+    return run_file(
+        args.file, scheduler=args.scheduler, workers=args.workers, only=args.batch, schedules=args.schedule
+    )
 
 
 def _load_chosen(path: Path, kind: str, only: list[str] | None) -> tuple[Any, list[Any]] | None:
@@ -353,25 +358,93 @@ def _validate(path: Path) -> int:
         return EXIT_INVALID_SPEC
     print(
         f"{path}: {len(resources.stores)} stores, {len(resources.batches)} batches, "
-        f"{len(resources.reconciliations)} reconciliations: valid"
+        f"{len(resources.reconciliations)} reconciliations, {len(resources.schedules)} schedules: valid"
     )
+    if resources.schedules:
+        from datetime import UTC, datetime
+
+        from icechunk_operator.local_schedules import describe_schedule
+
+        now = datetime.now(UTC)
+        for schedule in resources.schedules:
+            print(f"  {describe_schedule(schedule, now)}")
     return EXIT_OK
 
 
 def run_file(
-    path: Path, *, scheduler: str | None = None, workers: int | None = None, only: list[str] | None = None
+    path: Path,
+    *,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    only: list[str] | None = None,
+    schedules: list[str] | None = None,
 ) -> int:
-    loaded = _load_chosen(path, "IngestBatch", only)
-    if loaded is None:
+    """The file's batches, then one run of each schedule; with ``only`` (batches) or ``schedules``
+    given, just the resources they name."""
+    from icechunk_operator.api.documents import SpecError, load_resources
+
+    try:
+        resources = load_resources(path)
+    except SpecError as error:
+        print(error, file=sys.stderr)
         return EXIT_INVALID_SPEC
-    resources, batches = loaded
+    chosen = _choose_runs(path, resources, only, schedules)
+    if chosen is None:
+        return EXIT_INVALID_SPEC
+    batches, chosen_schedules = chosen
     exit_code: int = EXIT_OK
     for batch in batches:
         code = _run_batch(resources.stores[batch.spec.store], batch, scheduler=scheduler, workers=workers)
         if code == EXIT_INVALID_SPEC:
             return code
         exit_code = max(exit_code, code)
+    for schedule in chosen_schedules:
+        code = _run_schedule_once(resources.stores[schedule.spec.batch.store], schedule, scheduler, workers)
+        if code == EXIT_INVALID_SPEC:
+            return code
+        exit_code = max(exit_code, code)
     return exit_code
+
+
+def _choose_runs(
+    path: Path, resources: Any, batches: list[str] | None, schedules: list[str] | None
+) -> tuple[list[Any], list[Any]] | None:
+    """The batches and schedules ``run`` runs: all, or only those named (a name the file does not
+    hold is refused, not skipped); None, after saying why, when that is nothing."""
+    pools = (
+        ("--batch", "IngestBatch", resources.batches, batches),
+        ("--schedule", "IngestSchedule", resources.schedules, schedules),
+    )
+    named = batches is not None or schedules is not None
+    chosen: list[list[Any]] = []
+    for option, kind, pool, names in pools:
+        known = [r.metadata.name for r in pool]
+        for name in names or []:
+            if name not in known:
+                has = ", ".join(known) or "none"
+                print(
+                    f"{path}: {option} {name}: no {kind} of that name (the file has: {has})", file=sys.stderr
+                )
+                return None
+        chosen.append([r for r in pool if (r.metadata.name in names if names else not named)])
+    if not any(chosen):
+        print(f"{path}: no IngestBatch or IngestSchedule to run", file=sys.stderr)
+        return None
+    return chosen[0], chosen[1]
+
+
+def _run_schedule_once(store: Any, schedule: Any, scheduler: str | None, workers: int | None) -> int:
+    """One run of an IngestSchedule, now: the IngestBatch its template makes, run as any batch."""
+    from datetime import UTC, datetime
+
+    from icechunk_operator.local_schedules import local_run_batch, suspended_note
+
+    note = suspended_note(schedule)
+    if note:
+        print(note, file=sys.stderr)
+    batch = local_run_batch(schedule, datetime.now(UTC))
+    print(f"IngestSchedule {schedule.metadata.name}: run {batch.metadata.name}", file=sys.stderr)
+    return _run_batch(store, batch, scheduler=scheduler, workers=workers)
 
 
 def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers: int | None = None) -> int:
@@ -381,6 +454,7 @@ def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers:
     from icechunk_operator.engine.errors import Refused
     from icechunk_operator.engine.runner import run_batch
     from icechunk_operator.k8s.settings import PodSettings
+    from icechunk_operator.local_schedules import nothing_new
     from icechunk_operator.progress import make_progress, summary_table
 
     progress = make_progress()
@@ -404,6 +478,9 @@ def _run_batch(store: Any, batch: Any, *, scheduler: str | None = None, workers:
     finally:
         progress.close()
     print(summary_table(report))
+    quiet = nothing_new(report)
+    if quiet:
+        print(quiet)
     if report.refused:
         print(f"IngestBatch {name} refused: {report.error}", file=sys.stderr)
         return EXIT_INVALID_SPEC

@@ -109,3 +109,12 @@ def test_tasks_hold_several_prefetch_windows_when_the_archive_allows() -> None:
     assert auto_files_per_task(10_034, workers=2, files_in_flight=16) == 64
     assert auto_files_per_task(200, workers=2, files_in_flight=16) == 12
     assert auto_files_per_task(3, workers=2, files_in_flight=16) == 1
+
+
+def test_a_late_file_of_a_concat_group_rebuilds_it_in_order() -> None:
+    """Day 3 arriving after day 4 was appended: appending it would put its times after day 4's."""
+    d1, d3, d4 = src("s1/d1.nc"), src("s1/d3.nc"), src("s1/d4.nc")
+    ledger = {d1.url: entry(d1, "s1"), d4.url: entry(d4, "s1")}
+    plan = plan_ingest([d1, d3, d4], ledger, CONCAT)
+    (work,) = plan.work
+    assert (work.mode, work.files) == (WriteMode.REPLACE, (d1, d3, d4))

@@ -26,18 +26,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | quote }}
 {{/* The rules the operator's code uses, nothing more (k8s/kube.py and Kopf's own needs). */}}
 {{- define "icechunk-operator.namespacedRules" -}}
 - apiGroups: [icechunkoperator.io]
-  resources: [icechunkstores]
+  resources: [icechunkstores, ingestschedules]
   verbs: [get, list, watch, patch]
 - apiGroups: [icechunkoperator.io]
-  resources: [ingestbatches, reconciliations]
+  resources: [reconciliations]
   verbs: [get, list, watch]
+# create, delete: an IngestSchedule's runs, and the runs beyond its history limits. Never patch:
+# a batch's spec is its author's (status is the subresource below).
 - apiGroups: [icechunkoperator.io]
-  resources: [icechunkstores/status, ingestbatches/status, reconciliations/status]
+  resources: [ingestbatches]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [icechunkoperator.io]
+  resources: [icechunkstores/status, ingestbatches/status, ingestschedules/status, reconciliations/status]
   verbs: [patch]
 # Children carry blockOwnerDeletion; where OwnerReferencesPermissionEnforcement is on (OpenShift),
 # setting it needs update on the owner's finalizers subresource (nothing else of the owner).
 - apiGroups: [icechunkoperator.io]
-  resources: [icechunkstores/finalizers, ingestbatches/finalizers, reconciliations/finalizers]
+  resources: [icechunkstores/finalizers, ingestbatches/finalizers, ingestschedules/finalizers, reconciliations/finalizers]
   verbs: [update]
 # delete: finished reconcile and maintenance Jobs beyond historyLimit.
 - apiGroups: [batch]

@@ -3,9 +3,10 @@
 from icechunk_operator.api.batch import IngestBatch, IngestBatchSpec, IngestBatchStatus
 from icechunk_operator.api.common import API_GROUP, API_VERSION, GROUP_VERSION, Condition
 from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.schedule import IngestSchedule
 from icechunk_operator.api.store import IcechunkStore, IcechunkStoreSpec
 
-RESOURCE_KINDS = (IcechunkStore, IngestBatch, Reconciliation)
+RESOURCE_KINDS = (IcechunkStore, IngestBatch, Reconciliation, IngestSchedule)
 
 __all__ = [
     "API_GROUP",
@@ -18,5 +19,6 @@ __all__ = [
     "IngestBatch",
     "IngestBatchSpec",
     "IngestBatchStatus",
+    "IngestSchedule",
     "Reconciliation",
 ]

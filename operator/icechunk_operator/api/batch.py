@@ -392,6 +392,42 @@ class FailureSpec(ApiModel):
     )
 
 
+#: A span of time for validation gates: 30s, 15m, 1h, 1d.
+GATE_DURATION_PATTERN = r"^[0-9]+(s|m|h|d)$"
+
+
+class FilesPerPeriodGate(ApiModel):
+    """Completeness: every whole period the run wrote into holds enough files.
+
+    Judged on the files the store's registry says filled each group's epochs, so it needs
+    ``spec.materialize``. Only periods that ended before the group's newest epoch count: a day
+    still being delivered is not incomplete yet."""
+
+    period: str = Field(pattern=GATE_DURATION_PATTERN, description="The period, e.g. 1d or 1h.")
+    expected: int = Field(ge=1, le=1000000, description="Files a whole period holds, e.g. 96 a day.")
+    min_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="Fraction of expected files a period must hold."
+    )
+
+
+class TimeContinuityGate(ApiModel):
+    """The time coordinate of every group the run wrote rises strictly, with no step wider than
+    ``maxGap``: a missing day or a file delivered twice is caught before readers see it."""
+
+    dimension: str = Field(default="time", min_length=1, max_length=128, description="The time dimension.")
+    max_gap: str = Field(
+        pattern=GATE_DURATION_PATTERN, description="Widest step allowed between neighbours, e.g. 1d."
+    )
+
+
+class ValidationSpec(ApiModel):
+    """Gates the staged run must pass before the target branch moves (needs ``staging: true``).
+    The sample read of every written group (chunks decode) always runs with staging."""
+
+    files_per_period: FilesPerPeriodGate | None = None
+    time_continuity: TimeContinuityGate | None = None
+
+
 class IngestBatchSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -399,7 +435,16 @@ class IngestBatchSpec(ApiModel):
                 cel(
                     "!(has(self.materialize) && has(self.virtualization))",
                     "spec.materialize and spec.virtualization exclude each other",
-                )
+                ),
+                cel(
+                    "!has(self.validation) || (has(self.staging) && self.staging)",
+                    "spec.validation needs spec.staging: true (gates check the staged branch)",
+                ),
+                cel(
+                    "!has(self.validation) || !has(self.validation.filesPerPeriod) || has(self.materialize)",
+                    "spec.validation.filesPerPeriod needs spec.materialize (the registry knows each "
+                    "file's epochs)",
+                ),
             ]
         }
     )
@@ -431,6 +476,9 @@ class IngestBatchSpec(ApiModel):
             "sample read of every written group, and only if it did not move meanwhile."
         ),
     )
+    validation: ValidationSpec | None = Field(
+        default=None, description="Gates the staged data must pass before the target branch moves."
+    )
 
     @model_serializer(mode="wrap")
     def _without_the_other_mode(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -445,6 +493,13 @@ class IngestBatchSpec(ApiModel):
     def _one_ingest_mode(self) -> IngestBatchSpec:
         if self.materialize is not None and "virtualization" in self.model_fields_set:
             raise ValueError("spec.materialize and spec.virtualization exclude each other")
+        if self.validation is not None and not self.staging:
+            raise ValueError("spec.validation needs spec.staging: true (gates check the staged branch)")
+        if self.validation is not None and self.validation.files_per_period and self.materialize is None:
+            raise ValueError(
+                "spec.validation.filesPerPeriod needs spec.materialize "
+                "(the registry knows each file's epochs)"
+            )
         return self
 
 

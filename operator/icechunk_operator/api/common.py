@@ -157,14 +157,37 @@ def first_problem(error: ValidationError) -> str:
     return problem_text(error.errors()[0])
 
 
+#: The macros a Kubernetes CronJob takes, as five-field expressions.
+CRON_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+
+def expand_cron(schedule: str) -> str:
+    """``@daily`` and the other CronJob macros as five fields; anything else unchanged."""
+    return CRON_MACROS.get(schedule.strip(), schedule)
+
+
 def check_cron(schedule: str | None) -> str | None:
     """A cron expression the operator can schedule by; the CRD schema cannot check this."""
     if schedule is None:
         return None
     from cronsim import CronSim, CronSimError
 
+    fields = len(expand_cron(schedule).split())
+    if fields != 5:  # cronsim reads six as seconds first: '0 3 * * * *' would be hourly, at :03
+        raise ValueError(
+            f"{schedule!r} is not a cron expression: {fields} fields, where a schedule has five "
+            "(minute hour day-of-month month day-of-week) or is a macro such as @daily"
+        )
     try:
-        CronSim(schedule, datetime.now(UTC))
+        CronSim(expand_cron(schedule), datetime.now(UTC))
     except CronSimError as error:
         raise ValueError(f"{schedule!r} is not a cron expression: {error}") from None
     return schedule

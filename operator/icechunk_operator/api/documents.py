@@ -11,13 +11,17 @@ from pydantic import ValidationError
 from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.common import USER_DOCUMENT, problem_text
 from icechunk_operator.api.reconciliation import Reconciliation
+from icechunk_operator.api.schedule import IngestSchedule
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.api.yaml_reading import UnreadableYamlError, read_yaml_documents
 
-_KINDS: dict[str, type[IcechunkStore] | type[IngestBatch] | type[Reconciliation]] = {
+Resource = IcechunkStore | IngestBatch | Reconciliation | IngestSchedule
+
+_KINDS: dict[str, type[Resource]] = {
     "IcechunkStore": IcechunkStore,
     "IngestBatch": IngestBatch,
     "Reconciliation": Reconciliation,
+    "IngestSchedule": IngestSchedule,
 }
 
 
@@ -30,6 +34,7 @@ class ResourceSet:
     stores: dict[str, IcechunkStore] = field(default_factory=dict)
     batches: list[IngestBatch] = field(default_factory=list)
     reconciliations: list[Reconciliation] = field(default_factory=list)
+    schedules: list[IngestSchedule] = field(default_factory=list)
 
 
 def format_validation_error(where: str, error: ValidationError) -> str:
@@ -37,9 +42,7 @@ def format_validation_error(where: str, error: ValidationError) -> str:
     return "\n".join(f"{where}: {problem_text(problem)}" for problem in error.errors())
 
 
-def parse_resource(
-    document: dict[str, Any], where: str = "resource"
-) -> IcechunkStore | IngestBatch | Reconciliation:
+def parse_resource(document: dict[str, Any], where: str = "resource") -> Resource:
     kind = document.get("kind")
     model = _KINDS.get(kind) if isinstance(kind, str) else None
     if model is None:  # never str() of what is not a string: a list of aliases can be gigabytes
@@ -57,7 +60,7 @@ def parse_resource(
 
 def check_unique(
     seen: dict[tuple[str, str], tuple[int, str | None]],
-    resource: IcechunkStore | IngestBatch | Reconciliation,
+    resource: Resource,
     number: int,
     path: Path,
 ) -> None:
@@ -93,15 +96,19 @@ def load_resources(path: Path) -> ResourceSet:
             resources.stores[resource.metadata.name] = resource
         elif isinstance(resource, IngestBatch):
             resources.batches.append(resource)
+        elif isinstance(resource, IngestSchedule):
+            resources.schedules.append(resource)
         else:
             resources.reconciliations.append(resource)
-    references = [(b.kind, b.metadata.name, b.spec.store) for b in resources.batches] + [
-        (r.kind, r.metadata.name, r.spec.store) for r in resources.reconciliations
-    ]
-    for kind, name, store in references:
+    references = (
+        [(b.kind, b.metadata.name, "spec.store", b.spec.store) for b in resources.batches]
+        + [(r.kind, r.metadata.name, "spec.store", r.spec.store) for r in resources.reconciliations]
+        + [(s.kind, s.metadata.name, "spec.batch.store", s.spec.batch.store) for s in resources.schedules]
+    )
+    for kind, name, field_path, store in references:
         if store not in resources.stores:
             raise SpecError(
-                f"{path}: {kind} {name}: spec.store: no IcechunkStore named {store!r} in this file"
+                f"{path}: {kind} {name}: {field_path}: no IcechunkStore named {store!r} in this file"
             )
     batch_names = {b.metadata.name for b in resources.batches}
     for reconciliation in resources.reconciliations:

@@ -2,7 +2,8 @@
 
 The plan is what makes re-runs idempotent: files the ledger already holds with the same
 identity are skipped, changed files are re-ingested (their whole group rewritten), and new
-files of an existing concatenated group are appended along its dimension.
+files of an existing concatenated group are appended along its dimension (when they sort after
+the files it holds; a late one rebuilds the group in order).
 """
 
 from __future__ import annotations
@@ -124,7 +125,10 @@ def _plan_group(
     if not recorded:
         plan.work.append(GroupWork(group, tuple(listed), rule.combine, rule.dimension, WriteMode.CREATE))
         return
-    if rule.combine == Combine.CONCAT and not changed and not moved:
+    # Concatenation is in URL order, so new files append only if they sort after every recorded
+    # one; a late file (day 3 after day 4) rebuilds the group, or its times would step back.
+    in_order = bool(new) and min(s.url for s in new) > max(e.url for e in recorded)
+    if rule.combine == Combine.CONCAT and not changed and not moved and in_order:
         unchanged = [s for s in listed if s not in new]
         plan.skipped.extend(unchanged)
         plan.work.append(GroupWork(group, tuple(new), rule.combine, rule.dimension, WriteMode.APPEND))

@@ -392,7 +392,7 @@ def _finish(
     if base is not None and report.error is None:
         stage("validating")
         try:
-            promoted = promote(repo, branch, target, base)
+            promoted = promote(repo, branch, target, base, batch.spec.validation)
         except TargetMovedError:
             raise  # a crash, not a refusal: the retry stages afresh on the new tip
         except StagingRefusedError as error:

@@ -15,6 +15,7 @@ import logging
 import posixpath
 from typing import Any
 
+from icechunk_operator.api.batch import ValidationSpec
 from icechunk_operator.engine.errors import Refused
 from icechunk_operator.failpoints import failpoint
 
@@ -27,8 +28,9 @@ class StagingRefusedError(RuntimeError):
 
 
 class StagingValidationError(StagingRefusedError, Refused):
-    """A staged group failed its sample read: a re-run resumes on the same staging branch and
-    reads the same references, so only fixing (or skipping) the files behind them helps."""
+    """A staged group failed its sample read or a validation gate: a re-run resumes on the same
+    staging branch and finds the same, so only fixing the files (or delivering the missing ones,
+    which the re-run adds to what is staged) helps."""
 
 
 class TargetMovedError(StagingRefusedError):
@@ -74,22 +76,41 @@ def staged_groups(repo: Any, base: str, staging: str) -> list[str]:
     return sorted(g for g in groups if g and not g.startswith(RESERVED_ROOT))
 
 
-def promote(repo: Any, staging: str, target: str, base: str) -> str | None:
-    """Validate the staged groups, then move ``target`` to the staged tip if it is still at
-    ``base``. Returns the promoted snapshot (None when nothing was staged)."""
+#: Gate failures a refusal lists; the rest are counted (status.message must stay readable).
+SHOWN_FAILURES = 3
+
+
+def promote(
+    repo: Any, staging: str, target: str, base: str, validation: ValidationSpec | None = None
+) -> str | None:
+    """Validate the staged groups (a sample read, then the ``validation`` gates), then move
+    ``target`` to the staged tip if it is still at ``base``. Returns the promoted snapshot (None
+    when nothing was staged)."""
+    from icechunk_operator.engine.gates import check_gates
     from icechunk_operator.engine.references import sample_groups
 
     staged = str(repo.lookup_branch(staging))
     if staged == base:
         repo.delete_branch(staging)
         return None
-    session = repo.readonly_session(branch=staging)
-    failures = asyncio.run(sample_groups(session.store, staged_groups(repo, base, staging)))
+    session = repo.readonly_session(snapshot_id=staged)
+    groups = staged_groups(repo, base, staging)
+    failures = asyncio.run(sample_groups(session.store, groups))
     if failures:
-        shown = "; ".join(f"{group}: {reason}" for group, reason in failures[:3])
+        shown = "; ".join(f"{group}: {reason}" for group, reason in failures[:SHOWN_FAILURES])
         raise StagingValidationError(
             f"validation failed for {len(failures)} groups ({shown}); {target!r} was not moved, the "
             f"staged snapshot {staged} stays on branch {staging!r}"
+        )
+    gate_failures = (
+        check_gates(repo, session.store, base, groups, validation) if validation is not None else []
+    )
+    if gate_failures:
+        more = len(gate_failures) - SHOWN_FAILURES
+        shown = "; ".join(gate_failures[:SHOWN_FAILURES]) + (f"; and {more} more" if more > 0 else "")
+        raise StagingValidationError(
+            f"validation gates found {len(gate_failures)} problem{'s' * (len(gate_failures) > 1)} "
+            f"({shown}); {target!r} was not moved, the staged snapshot {staged} stays on branch {staging!r}"
         )
     current = str(repo.lookup_branch(target))
     if current != base:

@@ -51,6 +51,7 @@ class Controller:
         self.store_status = StoreStatus(api, settings, post_event)
         self.deleter = DataDeleter(api, post_event)
         self.batch_index: Any = {}  # Kopf's batches_by_store index, once a handler has seen it
+        self.schedule_index: Any = {}  # Kopf's schedules_by_name index, likewise
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._waiting: set[tuple[str, str]] = set()  # stores whose next pass has not started
         self._index_checks: set[tuple[str, int | None, int | None]] = set()

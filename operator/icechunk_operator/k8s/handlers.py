@@ -16,9 +16,11 @@ import kopf
 
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.controller import Controller
+from icechunk_operator.k8s.ingest_schedules import ScheduleRunner
 from icechunk_operator.k8s.kube import KubeApi, load_config
 from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
 from icechunk_operator.k8s.reconciliations import ReconciliationRunner
+from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.views import WRITER_COMPONENTS, BatchView, batch_view
 
@@ -56,10 +58,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if SETTINGS.metrics_port:
         from icechunk_operator.k8s.metrics import OperatorMetrics
 
-        controller.metrics = OperatorMetrics(lambda: controller.batch_index.items())
+        controller.metrics = OperatorMetrics(
+            lambda: controller.batch_index.items(), lambda: controller.schedule_index.values()
+        )
         controller.metrics.serve(SETTINGS.metrics_port)
     memo["controller"] = controller
     memo["reconciliations"] = ReconciliationRunner(controller.api, controller.settings, _post_event)
+    memo["schedules"] = ScheduleRunner(controller.api, _post_event)
     # Import now what the first batch needs, so its Job is not late by a second of imports.
     import icechunk_operator.engine.sources  # noqa: F401
 
@@ -138,6 +143,43 @@ async def reconcile_job_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
     await runner.job_changed(dict(body))
 
 
+@kopf.index(names.GROUP, names.VERSION, names.SCHEDULES)
+def schedules_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Every schedule, for the metrics (read at scrape time)."""
+    return {(namespace or "default", name): dict(body)}
+
+
+async def _sync_schedule(body: kopf.Body, memo: Any, index: Any) -> None:
+    controller: Controller = memo["controller"]
+    controller.schedule_index = index  # the same live mapping every time; kept for the metrics
+    if body.meta.get("deletionTimestamp") is None:
+        runner: ScheduleRunner = memo["schedules"]
+        await runner.sync(dict(body))
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.SCHEDULES)
+async def schedule_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    if event["type"] != "DELETED":  # a deleted schedule's runs are owned by it: the GC has them
+        await _sync_schedule(body, memo, kwargs["schedules_by_name"])
+
+
+@kopf.timer(
+    names.GROUP, names.VERSION, names.SCHEDULES, interval=SETTINGS.queue_interval_seconds, sharp=False
+)
+async def schedule_tick(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """Cron times fire from here: no event comes when a schedule's time arrives."""
+    await _sync_schedule(body, memo, kwargs["schedules_by_name"])
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.BATCHES, labels={LABEL_SCHEDULE: kopf.PRESENT})
+async def schedule_run_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
+    """A run started, ended or was deleted: its schedule's status follows at once."""
+    runner: ScheduleRunner = memo["schedules"]
+    await runner.run_changed(dict(body))
+
+
 def _timers_without_finalizers() -> None:
     """Let our timers live without a finalizer on the objects they watch.
 
@@ -152,7 +194,7 @@ def _timers_without_finalizers() -> None:
     spawning = kopf.get_default_registry()._spawning
     spawning._handlers = [
         dataclasses.replace(handler, requires_finalizer=False)
-        if handler.fn in (store_tick, reconciliation_tick)
+        if handler.fn in (store_tick, reconciliation_tick, schedule_tick)
         else handler
         for handler in spawning._handlers
     ]

@@ -148,6 +148,26 @@ class KubeApi:
             return False
         return True
 
+    def labelled(self, plural: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listed: Any = self.custom.list_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, plural, label_selector=selector
+        )
+        return [dict(item) for item in listed.get("items", [])]
+
+    def delete(self, plural: str, namespace: str, name: str, uid: str) -> None:
+        """Delete one of our resources if it is still the one with ``uid``; gone already is fine."""
+        options = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)
+        )
+        try:
+            self.custom.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, plural, name, body=options
+            )
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
+
     # Children ------------------------------------------------------------------------------
     def labelled_jobs(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector = ",".join(f"{key}={value}" for key, value in labels.items())

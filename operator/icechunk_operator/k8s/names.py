@@ -11,6 +11,7 @@ VERSION = API_VERSION
 STORES = "icechunkstores"
 BATCHES = "ingestbatches"
 RECONCILIATIONS = "reconciliations"
+SCHEDULES = "ingestschedules"
 
 DASK_GROUP = "kubernetes.dask.org"
 DASK_VERSION = "v1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from icechunk_operator.api.common import expand_cron
 from icechunk_operator.k8s.views import JobOutcome
 
 
@@ -24,7 +25,7 @@ def scheduled_run(schedule: str | None, since: datetime, now: datetime) -> str |
     if not schedule:
         return None
     try:
-        latest: datetime = next(CronSim(schedule, now.astimezone(UTC), reverse=True))
+        latest: datetime = next(CronSim(expand_cron(schedule), now.astimezone(UTC), reverse=True))
     except CronSimError:  # the models refuse it; an unvalidated body never fires
         return None
     return f"s{latest:%Y%m%d%H%M}" if latest > since else None

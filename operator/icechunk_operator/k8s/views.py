@@ -65,6 +65,7 @@ class BatchView:
     files_done: int = 0
     files_failed: int = 0
     files_skipped: int = 0
+    completed: str | None = None  # status.completionTime (RFC 3339), for the metrics
 
     @property
     def terminal(self) -> bool:
@@ -181,6 +182,7 @@ def batch_view(body: dict[str, Any]) -> BatchView:
         files_done=int(files.get("done", 0)),
         files_failed=int(files.get("failed", 0)),
         files_skipped=int(files.get("skipped", 0)),
+        completed=status.get("completionTime"),
     )
 
 
