@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import xarray as xr
 
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.storage import open_repository
@@ -25,6 +26,7 @@ from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATI
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
+from tests.gnss import REFERENCE, STATION_PATTERN, copy_files
 from tests.integration.readback import ledger_urls, open_group
 from tests.integration.test_append import EPOCHS_PER_DAY, write_day
 
@@ -262,3 +264,74 @@ def test_an_ismip6_prefix_gains_an_experiment(
     groups = message.split(": ", 1)[1]
     assert message.startswith("IngestSchedule ismip6-update run r"), message
     assert newer in groups and experiments[0] not in groups, message
+
+
+def test_gnss_files_arriving_over_several_runs_give_the_store_of_one_run(
+    cluster: ClusterDriver, namespace: str, tmp_path: Path
+) -> None:
+    """Three deliveries of real RINEX files, an hourly completeness gate between them: an hour
+    closed with a file missing holds main back until the file arrives; then the store equals the
+    one a single batch makes of all the files."""
+    archive = tmp_path / "archive"
+    files = REFERENCE[:12]  # 2025-001 00:00-02:45, four 15-minute files an hour
+    deliveries = [files[0:6], [files[6], *files[8:12]], [files[7]]]
+    prefix = archive.resolve().as_uri() + "/"
+
+    def store(name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "icechunkoperator.io/v1alpha1",
+            "kind": "IcechunkStore",
+            "metadata": {"name": name},
+            "spec": {
+                "storage": {"url": (tmp_path / name).as_uri()},
+                "virtualChunkContainers": [{"urlPrefix": prefix}],
+            },
+        }
+
+    def batch(store_name: str) -> dict[str, Any]:
+        return {
+            "store": store_name,
+            "source": {"prefix": prefix, "glob": "rosalia/*.rnx"},
+            "grouping": {"pattern": STATION_PATTERN, "template": "{station}/observations"},
+            "materialize": {"reader": "rinex"},
+            "execution": {"workers": 2},
+        }
+
+    assert cluster.apply(store("runs"), store("whole"), namespace=namespace).returncode == 0
+    cluster.kubectl_wait(namespace, "icechunkstore/runs", "Ready", 60)
+    gated = {
+        **batch("runs"),
+        "staging": True,
+        "validation": {"filesPerPeriod": {"period": "1h", "expected": 4}},
+    }
+    assert cluster.apply(schedule_doc("rosalia", gated), namespace=namespace).returncode == 0
+    runs_store = IcechunkStore.model_validate(store("runs"))
+
+    copy_files(deliveries[0], archive / "rosalia")
+    request_run(cluster, namespace, "rosalia", "delivery-1")
+    first = wait_for_run(cluster, namespace, "rosalia", 0, timeout=300)
+    assert first["outcome"] == "Succeeded" and first["filesAdded"] == 6, first  # hour 01 still open
+
+    tip = open_repository(runs_store.spec, create=False).lookup_branch("main")
+    copy_files(deliveries[1], archive / "rosalia")
+    request_run(cluster, namespace, "rosalia", "delivery-2")
+    second = wait_for_run(cluster, namespace, "rosalia", first["number"], timeout=300)
+    assert second["outcome"] == "Failed", second
+    assert "filesPerPeriod" in second["message"] and "2025-01-01T01:00Z" in second["message"], second
+    assert "3 of 4 files" in second["message"], second
+    assert open_repository(runs_store.spec, create=False).lookup_branch("main") == tip
+
+    copy_files(deliveries[2], archive / "rosalia")
+    request_run(cluster, namespace, "rosalia", "delivery-3")
+    third = wait_for_run(cluster, namespace, "rosalia", second["number"], timeout=300)
+    assert third["outcome"] == "Succeeded" and third["filesAdded"] == 6, third
+    assert len(ledger_urls(runs_store)) == 12
+
+    whole = {"apiVersion": "icechunkoperator.io/v1alpha1", "kind": "IngestBatch", "metadata": {"name": "all"}}
+    assert cluster.apply({**whole, "spec": batch("whole")}, namespace=namespace).returncode == 0
+    cluster.wait_phase(namespace, "all", "Succeeded", timeout=300)
+    whole_store = IcechunkStore.model_validate(store("whole"))
+    xr.testing.assert_identical(
+        open_group(runs_store, "ROSR/observations").compute(),
+        open_group(whole_store, "ROSR/observations").compute(),
+    )

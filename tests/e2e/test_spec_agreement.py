@@ -24,14 +24,22 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from icechunk_operator.api import IcechunkStore, IngestBatch, Reconciliation
+from icechunk_operator.api import IcechunkStore, IngestBatch, IngestSchedule, Reconciliation
 from icechunk_operator.api.common import USER_DOCUMENT, ResourceModel
 from icechunk_operator.api.documents import format_validation_error
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import commit_job, dask_cluster
 from icechunk_operator.k8s.maintenance import maintenance_job
 from icechunk_operator.k8s.reconciliations import reconcile_job
-from tests.faults.spec_checks import BASE_STORE, CATEGORY, EXPLORE, FOUND, SETTINGS, survives_the_engine
+from tests.faults.spec_checks import (
+    BASE_STORE,
+    CATEGORY,
+    EXPLORE,
+    FOUND,
+    SETTINGS,
+    schedule_run,
+    survives_the_engine,
+)
 from tests.faults.spec_strategies import MODELS, Mutated, Path, hostile_documents
 from tests.faults.tally import FaultTally
 
@@ -65,6 +73,7 @@ PLURALS = {
     "IcechunkStore": names.STORES,
     "IngestBatch": names.BATCHES,
     "Reconciliation": names.RECONCILIATIONS,
+    "IngestSchedule": names.SCHEDULES,
 }
 
 
@@ -108,15 +117,16 @@ class ServerJudge:
         return None, message
 
     def create_child(self, child: dict[str, Any]) -> str:
-        """'' when the server would create the Job or DaskCluster, else its message."""
+        """'' when the server would create the Job, DaskCluster or run IngestBatch, else its message."""
         child = {**child, "metadata": {**child["metadata"], "namespace": self.namespace}}
         try:
             if child["kind"] == "Job":
                 self.batch.create_namespaced_job(self.namespace, child, dry_run="All")
             else:
                 group, version = child["apiVersion"].split("/")
+                plural = names.BATCHES if child["kind"] == "IngestBatch" else names.DASK_CLUSTERS
                 self.custom.create_namespaced_custom_object(
-                    group, version, self.namespace, names.DASK_CLUSTERS, child, dry_run="All"
+                    group, version, self.namespace, plural, child, dry_run="All"
                 )
         except ApiException as error:
             return _server_message(error)
@@ -166,6 +176,8 @@ def children_of(resource: ResourceModel) -> list[dict[str, Any]]:
         return [maintenance_job(resource, SETTINGS, "s202601010300")]
     if isinstance(resource, Reconciliation):
         return [reconcile_job(resource, BASE_STORE, SETTINGS, "s202601010300")]
+    if isinstance(resource, IngestSchedule):
+        return [schedule_run(resource)]
     return []
 
 

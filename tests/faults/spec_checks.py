@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from icechunk_operator.api import IcechunkStore, IngestBatch, Reconciliation
+from icechunk_operator.api import IcechunkStore, IngestBatch, IngestSchedule, Reconciliation
 from icechunk_operator.api.common import USER_DOCUMENT, ResourceModel
 from icechunk_operator.api.documents import SpecError, format_validation_error, parse_resource
 from icechunk_operator.engine.errors import Refused
@@ -100,6 +100,16 @@ def survives_the_engine(resource: ResourceModel) -> None:
         _store_survives(resource)
     elif isinstance(resource, Reconciliation):
         _reconciliation_survives(resource)
+    elif isinstance(resource, IngestSchedule):
+        _batch_survives(IngestBatch.model_validate(schedule_run(resource)))
+
+
+def schedule_run(schedule: IngestSchedule) -> dict[str, Any]:
+    """The IngestBatch the operator stamps for one run of ``schedule``."""
+    from icechunk_operator.k8s.schedule_plan import NewRun, run_batch_body
+
+    new_run = NewRun("s202601010300", 1, "scheduled for 2026-01-01T03:00:00Z", None)
+    return run_batch_body(schedule.to_api(), schedule.spec.batch.to_api(), new_run, "default")
 
 
 def _batch_survives(batch: IngestBatch) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from icechunk_operator.api import IcechunkStore, IngestBatch, Reconciliation
+from icechunk_operator.api import IcechunkStore, IngestBatch, IngestSchedule, Reconciliation
 from icechunk_operator.api.common import GROUP_VERSION, ResourceModel
 from icechunk_operator.api.crds import openapi_schema
 
@@ -115,10 +115,30 @@ BASE_DOCUMENTS: dict[str, dict[str, Any]] = {
     },
 }
 
+BASE_DOCUMENTS["IngestSchedule"] = {
+    "apiVersion": GROUP_VERSION,
+    "kind": "IngestSchedule",
+    "metadata": {"name": "sch"},
+    "spec": {
+        "schedule": "15 0 * * *",
+        "suspend": False,
+        "startingDeadlineSeconds": 3600,
+        "concurrencyPolicy": "Forbid",
+        "successfulRunsHistoryLimit": 3,
+        "failedRunsHistoryLimit": 1,
+        "batch": {
+            **{k: v for k, v in BASE_DOCUMENTS["IngestBatch"]["spec"].items() if k != "tag"},
+            "staging": True,
+            "validation": {"timeContinuity": {"dimension": "time", "maxGap": "1d"}},
+        },
+    },
+}
+
 MODELS: dict[str, type[ResourceModel]] = {
     "IcechunkStore": IcechunkStore,
     "IngestBatch": IngestBatch,
     "Reconciliation": Reconciliation,
+    "IngestSchedule": IngestSchedule,
 }
 
 #: Strings that have broken, or could break, a parser, a path or a URL check.

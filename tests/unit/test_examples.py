@@ -36,3 +36,14 @@ def test_namespace_setup_gives_the_pods_only_what_they_use() -> None:
         ("ingestbatches", "create"),  # a Repair's batch
         ("reconciliations/finalizers", "update"),  # ... owned by its Reconciliation
     }
+
+
+def test_the_schedule_example_is_the_readme_one_and_loads() -> None:
+    readme = (EXAMPLES.parents[1] / "README.md").read_text()
+    block = readme.split("A complete example (`examples/kubernetes/gnss-schedule.yaml`):\n\n```yaml\n", 1)[1]
+    example = (EXAMPLES / "gnss-schedule.yaml").read_text()
+    assert example.endswith(block.split("```", 1)[0])
+    resources = load_resources(EXAMPLES / "gnss-schedule.yaml")
+    (schedule,) = resources.schedules
+    assert schedule.spec.batch.store in resources.stores
+    assert schedule.spec.batch.staging and schedule.spec.batch.validation is not None
