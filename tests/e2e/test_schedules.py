@@ -22,7 +22,7 @@ from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.metrics import SCHEDULE_CONSECUTIVE_FAILURES, SCHEDULE_LAST_SUCCESS
-from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATION
+from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATION, parse_time
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
@@ -195,15 +195,12 @@ def test_a_schedule_keeps_a_concat_store_current(
     gap = wait_for_run(cluster, namespace, "daily", quiet["number"])
     assert gap["outcome"] == "Failed" and "timeContinuity" in gap["message"], gap
     assert open_repository(model.spec, create=False).lookup_branch("main") == tip
+    assert f"staging-{gap['name']}" in open_repository(model.spec, create=False).list_branches()
     assert len(ledger_urls(model)) == 3
     status = cluster.status(names.SCHEDULES, namespace, "daily")
     assert status["consecutiveFailures"] == 1
     assert scrape(cluster, SCHEDULE_CONSECUTIVE_FAILURES, namespace) == 1
-    last_success = scrape(cluster, SCHEDULE_LAST_SUCCESS, namespace)
-    assert (
-        last_success
-        == datetime.fromisoformat(status["lastSuccessfulTime"].replace("Z", "+00:00")).timestamp()
-    )
+    assert scrape(cluster, SCHEDULE_LAST_SUCCESS, namespace) is None  # suspended: never late
 
     # 6. History limits: two succeeded runs and one failed run are kept, the oldest run is gone.
     def pruned() -> dict[str, str | None] | None:
@@ -221,6 +218,8 @@ def test_a_schedule_keeps_a_concat_store_current(
     assert cluster.status(names.SCHEDULES, namespace, "daily")["consecutiveFailures"] == 0
     assert len(ledger_urls(model)) == 5
     assert open_group(model, "sites/rosa").sizes["epoch"] == 5 * EPOCHS_PER_DAY
+    # the gated run's staging branch went when the next run started; the next one was promoted
+    assert set(open_repository(model.spec, create=False).list_branches()) == {"main"}
     reasons = events(cluster, namespace, "daily")
     assert {"RunStarted", "RunSucceeded", "RunFailed"} <= set(reasons), reasons
 
@@ -312,6 +311,8 @@ def test_gnss_files_arriving_over_several_runs_give_the_store_of_one_run(
     first = wait_for_run(cluster, namespace, "rosalia", 0, timeout=300)
     assert first["outcome"] == "Succeeded" and first["filesAdded"] == 6, first  # hour 01 still open
 
+    succeeded = cluster.status(names.SCHEDULES, namespace, "rosalia")["lastSuccessfulTime"]
+    assert scrape(cluster, SCHEDULE_LAST_SUCCESS, namespace) == parse_time(succeeded).timestamp()
     tip = open_repository(runs_store.spec, create=False).lookup_branch("main")
     copy_files(deliveries[1], archive / "rosalia")
     request_run(cluster, namespace, "rosalia", "delivery-2")
@@ -326,6 +327,7 @@ def test_gnss_files_arriving_over_several_runs_give_the_store_of_one_run(
     third = wait_for_run(cluster, namespace, "rosalia", second["number"], timeout=300)
     assert third["outcome"] == "Succeeded" and third["filesAdded"] == 6, third
     assert len(ledger_urls(runs_store)) == 12
+    assert set(open_repository(runs_store.spec, create=False).list_branches()) == {"main"}
 
     whole = {"apiVersion": "icechunkoperator.io/v1alpha1", "kind": "IngestBatch", "metadata": {"name": "all"}}
     assert cluster.apply({**whole, "spec": batch("whole")}, namespace=namespace).returncode == 0

@@ -90,3 +90,16 @@ def test_staging_refuses_when_a_sample_read_fails(archive: ArchiveLayout, tmp_pa
     assert not report.succeeded and report.error is not None
     assert report.error.startswith("validation failed for 1 groups") and victim.group in report.error
     assert str(repo.lookup_branch("main")) == initial[0]  # main did not move
+
+
+def test_a_schedule_run_drops_only_the_staging_branches_of_its_own_earlier_runs(tmp_path: Path) -> None:
+    from icechunk_operator.engine.staging import drop_superseded
+
+    repo = icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+    tip = repo.lookup_branch("main")
+    left = ["staging-daily-s202611300015", "staging-daily-r0123456789", "staging-daily-l202611300020"]
+    others = ["staging-daily-x-s202611300015", "staging-daily", "staging-nightly-s202611300015"]
+    for branch in [*left, *others, "staging-daily-s202611300100"]:
+        repo.create_branch(branch, tip)
+    assert drop_superseded(repo, "daily", keep="staging-daily-s202611300100") == sorted(left)
+    assert set(repo.list_branches()) == {"main", *others, "staging-daily-s202611300100"}

@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, field_validator
 
 from icechunk_operator.api.batch import IngestBatchSpec
 from icechunk_operator.api.common import (
+    API_GROUP,
     ApiModel,
     Condition,
     ResourceModel,
@@ -25,6 +26,9 @@ from icechunk_operator.api.common import (
     check_cron,
     conditions_field,
 )
+
+#: The label on every run's IngestBatch naming its IngestSchedule (``kubectl get ib -l ...``).
+SCHEDULE_LABEL = f"{API_GROUP}/schedule"
 
 
 class ConcurrencyPolicy(StrEnum):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from icechunk_operator.api.batch import IngestBatch
+from icechunk_operator.api.schedule import SCHEDULE_LABEL
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.engine.commits import (
     CheckpointedWriter,
@@ -38,7 +39,13 @@ from icechunk_operator.engine.parse_protocol import ParseLimits, memory_bytes
 from icechunk_operator.engine.planning import plan_files, plan_ingest, plan_removals, without
 from icechunk_operator.engine.records import FailureRecord, LedgerEntry, SourceFile
 from icechunk_operator.engine.sources import check_index_contents, list_sources, read_url_list
-from icechunk_operator.engine.staging import StagingRefusedError, TargetMovedError, promote, start_staging
+from icechunk_operator.engine.staging import (
+    StagingRefusedError,
+    TargetMovedError,
+    drop_superseded,
+    promote,
+    start_staging,
+)
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.engine.virtualize import VirtualizeOptions
 from icechunk_operator.exiting import one_line_error
@@ -137,6 +144,8 @@ def run_batch(
     base = None
     if batch.spec.staging:
         branch, base = start_staging(repo, report.batch, target)
+        if schedule := batch.metadata.labels.get(SCHEDULE_LABEL):
+            drop_superseded(repo, schedule, keep=branch)
     ledger = load_ledger(repo, branch)
     stages["open"] = time.perf_counter() - started
 

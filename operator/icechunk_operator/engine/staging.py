@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import posixpath
+import re
 from typing import Any
 
 from icechunk_operator.api.batch import ValidationSpec
@@ -49,6 +50,22 @@ def base_of(repo: Any, staging: str, target: str) -> str:
         if info.id in shared:
             return str(info.id)
     raise StagingRefusedError(f"branch {staging!r} shares no history with {target!r}")
+
+
+def drop_superseded(repo: Any, schedule: str, keep: str) -> list[str]:
+    """The staging branches earlier runs of ``schedule`` left behind (a gate refused them), deleted.
+
+    A run of a schedule stages everything the target lacks afresh, so an earlier run's branch
+    holds nothing it needs: it stays for inspection only until the next run starts, and a
+    schedule never gathers one branch per failed run. Run names are ``<schedule>-`` and one
+    token (``s202611300015``, ``r<hash>``, ``l202611300015``), so another schedule's runs never match.
+    """
+    pattern = re.compile(rf"{re.escape(staging_branch(schedule))}-[srl][0-9a-f]+")
+    dropped = sorted(b for b in repo.list_branches() if pattern.fullmatch(b) and b != keep)
+    for branch in dropped:
+        log.info("deleting %s, left by an earlier run of schedule %s", branch, schedule)
+        repo.delete_branch(branch)
+    return dropped
 
 
 def start_staging(repo: Any, batch: str, target: str) -> tuple[str, str]:

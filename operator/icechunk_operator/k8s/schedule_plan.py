@@ -24,10 +24,10 @@ from typing import Any
 
 from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.api.common import expand_cron
-from icechunk_operator.api.schedule import ConcurrencyPolicy, IngestScheduleSpec, RunOutcome
+from icechunk_operator.api.schedule import SCHEDULE_LABEL, ConcurrencyPolicy, IngestScheduleSpec, RunOutcome
 from icechunk_operator.k8s import names
 
-LABEL_SCHEDULE = f"{names.GROUP}/schedule"
+LABEL_SCHEDULE = SCHEDULE_LABEL
 LABEL_RUN_NUMBER = f"{names.GROUP}/run-number"
 #: ``kubectl annotate ingestschedule NAME icechunkoperator.io/run-requested="$(date +%s)" --overwrite``
 REQUEST_ANNOTATION = f"{names.GROUP}/run-requested"
