@@ -356,9 +356,10 @@ def _validate(path: Path) -> int:
     except SpecError as error:
         print(error, file=sys.stderr)
         return EXIT_INVALID_SPEC
+    schedules = f", {len(resources.schedules)} schedules" if resources.schedules else ""
     print(
         f"{path}: {len(resources.stores)} stores, {len(resources.batches)} batches, "
-        f"{len(resources.reconciliations)} reconciliations, {len(resources.schedules)} schedules: valid"
+        f"{len(resources.reconciliations)} reconciliations{schedules}: valid"
     )
     if resources.schedules:
         from datetime import UTC, datetime

@@ -88,21 +88,31 @@ def run_cli(
 def test_sigkill_at_each_stage_then_a_rerun_finishes_exactly_once(
     kill: Kill, archive_for_kills: ArchiveLayout, tmp_path: Path, dask_scheduler: str, fault_tally: FaultTally
 ) -> None:
-    spec, store = write_spec(tmp_path, archive_for_kills, staging=kill.staging)
-
-    killed = run_cli(spec, scheduler=dask_scheduler, failpoints=kill.failpoint)
-    assert killed.returncode == -signal.SIGKILL, f"not killed at {kill.stage}:\n{killed.stderr[-2000:]}"
-    survived = branch_snapshots(store)
+    # A kill inside a commit is a race: the timer's SIGKILL must land while the commit writes its
+    # manifests (measured: 15 to 22 manifest files left, no snapshot). On a loaded machine the
+    # timer thread can be scheduled only after a small commit finished; that attempt tested
+    # nothing, so the case is tried again on a fresh store (at most three times).
+    attempts = 3 if kill.failpoint.startswith("commit=") else 1
+    for attempt in range(1, attempts + 1):
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        spec, store = write_spec(folder, archive_for_kills, staging=kill.staging)
+        killed = run_cli(spec, scheduler=dask_scheduler, failpoints=kill.failpoint)
+        assert killed.returncode == -signal.SIGKILL, f"not killed at {kill.stage}:\n{killed.stderr[-2000:]}"
+        survived = branch_snapshots(store)
+        if attempts == 1 or len(survived) != 4 or attempt == attempts:
+            break  # a landed commit (4 snapshots) is the lost race; anything else is judged below
     if kill.failpoint.startswith("commit="):
-        # Killed while the second checkpoint's commit wrote its manifests (measured: 15 to 22
-        # manifest files left, no snapshot): the branch is at the first checkpoint, after the
-        # repository's own first snapshot and the store's initialization.
-        assert len(survived) == 3, "the interrupted commit landed, or an earlier one did not"
+        # The branch is at the first checkpoint, after the repository's own first snapshot and
+        # the store's initialization: the interrupted second commit left no snapshot.
+        assert len(survived) == 3, (
+            f"the interrupted commit landed, or an earlier one did not ({attempt} tries)"
+        )
 
     rerun = run_cli(spec, scheduler=dask_scheduler)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     result = check_store(store, archive_for_kills, snapshots_before=survived)
-    assert_failure_log_holds_the_bad_files(tmp_path / "stores" / "failures", archive_for_kills)
+    assert_failure_log_holds_the_bad_files(spec.parent / "stores" / "failures", archive_for_kills)
     if kill.staging:
         assert "staging-ismip6" not in open_repository(store.spec, create=False).list_branches()
     fault_tally.add(

@@ -18,6 +18,7 @@ from icechunk_operator.k8s.schedule_plan import (
     RunView,
     cron_times,
     decide,
+    needs_sync,
     run_batch_body,
     run_view,
 )
@@ -216,3 +217,17 @@ def test_schedule_metrics_come_from_status_and_a_suspended_schedule_is_never_lat
     assert metrics.registry.get_sample_value(SCHEDULE_LAST_RUN_SECONDS, labels) == 150
     paused = {**labels, "schedule": "paused"}
     assert metrics.registry.get_sample_value(SCHEDULE_LAST_SUCCESS, paused) is None
+
+
+def test_the_timer_syncs_only_when_a_run_is_due_or_the_spec_changed() -> None:
+    body: dict[str, Any] = {
+        "metadata": meta(),
+        "spec": {"schedule": "*/15 * * * *", "batch": TEMPLATE},
+        "status": {"observedGeneration": 1, "lastScheduleTime": "2026-11-30T00:15:00Z"},
+    }
+    assert not needs_sync(body, at("2026-11-30T00:29:59"))
+    assert needs_sync(body, at("2026-11-30T00:30:01"))
+    assert needs_sync({**body, "metadata": meta(**{REQUEST_ANNOTATION: "now"})}, at("2026-11-30T00:20"))
+    assert needs_sync({**body, "metadata": {**meta(), "generation": 2}}, at("2026-11-30T00:20"))
+    broken = {**body, "spec": {"schedule": "every day", "batch": TEMPLATE}}
+    assert not needs_sync(broken, at("2026-11-30T00:30:00"))  # refused once, when it was observed

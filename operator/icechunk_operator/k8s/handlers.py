@@ -10,17 +10,19 @@ finds.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
+from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.controller import Controller
 from icechunk_operator.k8s.ingest_schedules import ScheduleRunner
 from icechunk_operator.k8s.kube import KubeApi, load_config
 from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
 from icechunk_operator.k8s.reconciliations import ReconciliationRunner
-from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE
+from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, needs_sync
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.views import WRITER_COMPONENTS, BatchView, batch_view
 
@@ -151,12 +153,15 @@ def schedules_by_name(
     return {(namespace or "default", name): dict(body)}
 
 
-async def _sync_schedule(body: kopf.Body, memo: Any, index: Any) -> None:
+async def _sync_schedule(body: kopf.Body, memo: Any, index: Any, *, only_if_due: bool = False) -> None:
     controller: Controller = memo["controller"]
     controller.schedule_index = index  # the same live mapping every time; kept for the metrics
-    if body.meta.get("deletionTimestamp") is None:
-        runner: ScheduleRunner = memo["schedules"]
-        await runner.sync(dict(body))
+    if body.meta.get("deletionTimestamp") is not None:
+        return
+    if only_if_due and not needs_sync(dict(body), datetime.now(UTC)):
+        return
+    runner: ScheduleRunner = memo["schedules"]
+    await runner.sync(dict(body))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.SCHEDULES)
@@ -170,14 +175,17 @@ async def schedule_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **k
 )
 async def schedule_tick(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Cron times fire from here: no event comes when a schedule's time arrives."""
-    await _sync_schedule(body, memo, kwargs["schedules_by_name"])
+    await _sync_schedule(body, memo, kwargs["schedules_by_name"], only_if_due=True)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.BATCHES, labels={LABEL_SCHEDULE: kopf.PRESENT})
 async def schedule_run_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **_: Any) -> None:
-    """A run started, ended or was deleted: its schedule's status follows at once."""
-    runner: ScheduleRunner = memo["schedules"]
-    await runner.run_changed(dict(body))
+    """A run ended or was deleted: its schedule's status follows at once. (Progress patches of a
+    running run change nothing the schedule shows, so they cost no request.)"""
+    ended = (body.get("status") or {}).get("phase") in (BatchPhase.SUCCEEDED, BatchPhase.FAILED)
+    if event["type"] == "DELETED" or ended:
+        runner: ScheduleRunner = memo["schedules"]
+        await runner.run_changed(dict(body))
 
 
 def _timers_without_finalizers() -> None:

@@ -145,6 +145,20 @@ def _due(
     return f"s{latest:%Y%m%d%H%M}", f"scheduled for {format_time(latest)}", latest
 
 
+def needs_sync(body: dict[str, Any], now: datetime) -> bool:
+    """Whether the timer must sync this schedule now: a run is due, or its spec changed since
+    status was written. Ended runs are recorded by their own events; so a schedule between cron
+    times costs its timer no API request."""
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    if status.get("observedGeneration") != meta.get("generation"):
+        return True
+    try:
+        spec = IngestScheduleSpec.model_validate(body.get("spec") or {})
+    except ValueError:
+        return False  # said once per generation, when it was observed
+    return _due(spec, meta, status, now) is not None
+
+
 def decide(
     spec: IngestScheduleSpec, meta: dict[str, Any], status: dict[str, Any], runs: list[RunView], now: datetime
 ) -> Decision:
