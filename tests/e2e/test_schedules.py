@@ -22,7 +22,8 @@ from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.metrics import SCHEDULE_CONSECUTIVE_FAILURES, SCHEDULE_LAST_SUCCESS
-from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATION, parse_time
+from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATION
+from icechunk_operator.k8s.schedules import parse_time
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready

@@ -12,14 +12,13 @@ Each run is one Job named after what made it due, so it starts at most once. The
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from typing import Any
 
 from icechunk_operator.api.store import IcechunkStore, MaintenanceResult
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import run_job
-from icechunk_operator.k8s.schedules import parse_time, scheduled_run
+from icechunk_operator.k8s.schedules import parse_time, requested_run, scheduled_run
 from icechunk_operator.k8s.settings import OperatorSettings
 
 COMPONENT = "maintenance"
@@ -39,7 +38,7 @@ def due_maintenance(body: dict[str, Any], now: datetime) -> str | None:
     status = _maintenance_status(body)
     requested = (meta.get("annotations") or {}).get(REQUEST_ANNOTATION)
     if requested and requested != status.get("lastRequest"):
-        return "r" + hashlib.sha256(requested.encode()).hexdigest()[:10]
+        return requested_run(requested)
     since = parse_time(status.get("lastScheduleTime")) or parse_time(meta.get("creationTimestamp")) or now
     return scheduled_run(policy.get("schedule"), since, now)
 

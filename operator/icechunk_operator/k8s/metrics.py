@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -17,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from icechunk_operator.api.batch import BatchPhase
+from icechunk_operator.k8s.schedules import parse_time
 from icechunk_operator.k8s.views import BatchView
 
 PHASES = ("Pending", *BatchPhase)
@@ -82,7 +82,8 @@ ScheduleSource = Callable[[], Iterable[Iterable[dict[str, Any]]]]
 
 
 def _timestamp(text: str | None) -> float | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() if text else None
+    moment = parse_time(text)
+    return moment.timestamp() if moment else None
 
 
 class ScheduleCollector(Collector):

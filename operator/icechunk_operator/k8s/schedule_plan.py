@@ -17,7 +17,6 @@ rules, those of a Kubernetes CronJob where they apply:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,6 +25,7 @@ from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.api.common import expand_cron
 from icechunk_operator.api.schedule import SCHEDULE_LABEL, ConcurrencyPolicy, IngestScheduleSpec, RunOutcome
 from icechunk_operator.k8s import names
+from icechunk_operator.k8s.schedules import parse_time, requested_run, schedule_time, scheduled_run
 
 LABEL_SCHEDULE = SCHEDULE_LABEL
 LABEL_RUN_NUMBER = f"{names.GROUP}/run-number"
@@ -33,10 +33,6 @@ LABEL_RUN_NUMBER = f"{names.GROUP}/run-number"
 REQUEST_ANNOTATION = f"{names.GROUP}/run-requested"
 #: On each run: the cron time it stands for, or the request that made it.
 RUN_REASON_ANNOTATION = f"{names.GROUP}/run-reason"
-
-
-def parse_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def format_time(moment: datetime) -> str:
@@ -49,13 +45,6 @@ def cron_times(schedule: str, after: datetime, count: int) -> list[datetime]:
 
     times = CronSim(expand_cron(schedule), after.astimezone(UTC))
     return [next(times) for _ in range(count)]
-
-
-def latest_cron_time(schedule: str, now: datetime) -> datetime:
-    from cronsim import CronSim
-
-    latest: datetime = next(CronSim(expand_cron(schedule), now.astimezone(UTC), reverse=True))
-    return latest
 
 
 @dataclass(frozen=True)
@@ -135,14 +124,15 @@ def _due(
     """(run, reason, cron time) of the run due now, the request first; None when none is."""
     requested = (meta.get("annotations") or {}).get(REQUEST_ANNOTATION)
     if requested and requested != status.get("lastRequest"):
-        return "r" + hashlib.sha256(requested.encode()).hexdigest()[:10], f"requested ({requested})", None
+        return requested_run(requested), f"requested ({requested})", None
     if spec.suspend:
         return None
     since = parse_time(status.get("lastScheduleTime")) or parse_time(meta.get("creationTimestamp")) or now
-    latest = latest_cron_time(spec.schedule, now)
-    if latest <= since:
+    run = scheduled_run(spec.schedule, since, now)
+    cron_time = parse_time(schedule_time(run)) if run else None
+    if run is None or cron_time is None:
         return None
-    return f"s{latest:%Y%m%d%H%M}", f"scheduled for {format_time(latest)}", latest
+    return run, f"scheduled for {format_time(cron_time)}", cron_time
 
 
 def needs_sync(body: dict[str, Any], now: datetime) -> bool:

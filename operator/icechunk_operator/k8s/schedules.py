@@ -7,6 +7,7 @@ the operator was down collapse into one run for the latest of them, as a Kuberne
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,6 +30,11 @@ def scheduled_run(schedule: str | None, since: datetime, now: datetime) -> str |
     except CronSimError:  # the models refuse it; an unvalidated body never fires
         return None
     return f"s{latest:%Y%m%d%H%M}" if latest > since else None
+
+
+def requested_run(request: str) -> str:
+    """The run a request annotation's value stands for: the same value names the same run."""
+    return "r" + hashlib.sha256(request.encode()).hexdigest()[:10]
 
 
 def schedule_time(run: str) -> str | None:
