@@ -14,14 +14,14 @@ from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.synthetic import ArchiveLayout, SyntheticFile
 
 
-def open_group(store: IcechunkStore, group: str, snapshot: str | None = None) -> xr.Dataset:
+def open_group(store: IcechunkStore, group: str, snapshot: str | None = None, **options: Any) -> xr.Dataset:
     repo = open_repository(store.spec, create=False)
     session = (
         repo.readonly_session(snapshot_id=snapshot)
         if snapshot
         else repo.readonly_session(branch=store.spec.branch)
     )
-    return xr.open_zarr(session.store, group=group, consolidated=False, zarr_format=3)
+    return xr.open_zarr(session.store, group=group, consolidated=False, zarr_format=3, **options)
 
 
 def assert_matches_source(store: IcechunkStore, item: SyntheticFile, source_path: Any = None) -> None:

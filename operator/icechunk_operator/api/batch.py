@@ -181,6 +181,12 @@ class VirtualizationSpec(ApiModel):
         description="Built-in fixes ('ismip6') or 'package.module:function' callables.",
     )
     split: SplitSpec | None = None
+    decode_times: bool = Field(
+        default=True,
+        description="false: a file whose time coordinate does not decode to dates (a fill value "
+        "as time, units xarray cannot read) is stored with its numbers as they are, for readers "
+        "that open it with decode_times=False, instead of failing.",
+    )
 
     @field_validator("fixes")
     @classmethod

@@ -19,6 +19,7 @@ import icechunk
 
 from icechunk_operator import __version__
 from icechunk_operator.engine.documents import GroupPayload
+from icechunk_operator.engine.file_errors import RefusedByStoreError
 from icechunk_operator.engine.ledger import (
     COMPACT_AFTER_PAGES,
     compact_pages,
@@ -29,7 +30,7 @@ from icechunk_operator.engine.ledger import (
     read_ledger,
 )
 from icechunk_operator.engine.planning import WriteMode
-from icechunk_operator.engine.records import LedgerEntry, now_iso
+from icechunk_operator.engine.records import FailureRecord, LedgerEntry, now_iso
 from icechunk_operator.engine.writer import GroupWriter
 from icechunk_operator.failpoints import failpoint
 
@@ -109,6 +110,9 @@ class CheckpointedWriter:
         self._pending_entries: list[LedgerEntry] = []
         self._pending_groups: list[str] = []
         self._failed_since_commit = 0
+        self._written_since_commit: list[GroupPayload] = []  # for a rebuilt session
+        self._deleted_since_commit: list[str] = []
+        self._refusals: list[FailureRecord] = []
         self._last_commit = clock()
         self.stats = CommitStats()
 
@@ -122,6 +126,7 @@ class CheckpointedWriter:
     def delete_group(self, group: str) -> None:
         """Drop a group none of whose files remain; the ledger marks its files removed."""
         self._writer.delete_groups(self._session, [group])
+        self._deleted_since_commit.append(group)
         stamp = now_iso()
         for url in sorted(self._ledger_by_group.pop(group, set())):
             self._pending_entries.append(LedgerEntry(url, 0, None, None, group, self._batch, stamp, True))
@@ -131,17 +136,53 @@ class CheckpointedWriter:
     def note_failures(self, count: int) -> None:
         self._failed_since_commit += count
 
+    def take_refusals(self) -> list[FailureRecord]:
+        """The files of groups the store refused at write time since the last call: each is a
+        failure record, its group is not in the session, and the run goes on."""
+        refusals, self._refusals = self._refusals, []
+        return refusals
+
     def flush(self) -> None:
         if not self._buffer:
             return
         started = time.perf_counter()
-        self._writer.write(self._session, self._buffer)
+        batch = self._buffer
+        refused = self._writer.write(self._session, batch)
+        while refused:
+            batch = self._refuse(batch, refused)
+            refused = self._rebuild_session(batch)
         failpoint("written")  # groups in the session, not yet committed
         stamp = now_iso()
-        for payload in self._buffer:
+        for payload in batch:
             self._record(payload, stamp)
+        self._written_since_commit.extend(batch)
         self.stats.write_seconds += time.perf_counter() - started
         self._buffer = []
+
+    def _refuse(self, batch: list[GroupPayload], refused: dict[str, Exception]) -> list[GroupPayload]:
+        for payload in batch:
+            error = refused.get(payload.group)
+            if error is not None:
+                message = f"the store refused group {payload.group!r}: {type(error).__name__}: {error}"
+                self._refusals.extend(
+                    FailureRecord(s.url, RefusedByStoreError.__name__, message[:2000], payload.group)
+                    for s in payload.sources
+                )
+                self._failed_since_commit += len(payload.sources)
+        return [p for p in batch if p.group not in refused]
+
+    def _rebuild_session(self, batch: list[GroupPayload]) -> dict[str, Exception]:
+        """A refused group may be half in the session (and a replaced one half deleted), and a
+        session cannot take a change back: start again from the branch, and redo everything
+        since the last commit but the refused groups. Rare, so its cost does not matter."""
+        self._session = self._repo.writable_session(self._branch)
+        self._writer = GroupWriter(self._runner)
+        if self._deleted_since_commit:
+            self._writer.delete_groups(self._session, self._deleted_since_commit)
+        again = self._writer.write(self._session, self._written_since_commit)
+        if again:  # these went in before: the storage, not the groups, is failing now
+            raise RuntimeError(f"groups written before were refused on a retry: {sorted(again)}")
+        return self._writer.write(self._session, batch)
 
     def _record(self, payload: GroupPayload, stamp: str) -> None:
         current = {s.url for s in payload.sources}
@@ -214,6 +255,8 @@ class CheckpointedWriter:
         self._pending_entries = []
         self._pending_groups = []
         self._failed_since_commit = 0
+        self._written_since_commit = []
+        self._deleted_since_commit = []
         self._last_commit = self._clock()
         self._session = self._repo.writable_session(self._branch)
         return snapshot

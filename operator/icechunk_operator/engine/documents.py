@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from icechunk_operator.engine.attributes import check_strict_json, json_attributes, json_value
 from icechunk_operator.engine.planning import WriteMode
 from icechunk_operator.engine.records import SourceFile
 
@@ -58,10 +59,9 @@ def build_payload(
 ) -> GroupPayload:
     payload = GroupPayload(group, mode, sources, dimension=dimension)
     if mode == WriteMode.APPEND:
-        payload.dataset = ds
+        payload.dataset = _json_safe(ds)
         return payload
     from virtualizarr.manifests import ManifestArray
-    from virtualizarr.writers.icechunk import encode_zarr_attr_value  # type: ignore[attr-defined]
 
     checksums = {s.url: s.checksum for s in sources}
     for name, variable in ds.variables.items():
@@ -70,24 +70,37 @@ def build_payload(
             payload.refs.extend(_array_refs(str(name), variable.data, checksums, payload.documents))
         else:
             payload.documents.update(_loaded_array_documents(str(name), variable))
-    attrs = {k: encode_zarr_attr_value(v) for k, v in ds.attrs.items()}
+    attrs = json_attributes(ds.attrs)
     if ds.coords:
         attrs["coordinates"] = " ".join(str(c) for c in ds.coords)
     payload.documents["zarr.json"] = group_document(attrs)
+    for key, document in payload.documents.items():
+        if key.endswith("zarr.json"):
+            check_strict_json(f"{group}/{key}", document)
     return payload
 
 
-def _array_attributes(variable: xr.Variable) -> dict[str, Any]:
-    """Attributes as ``to_icechunk`` writes them: xarray attrs plus CF encoding keys."""
-    from virtualizarr.writers.icechunk import (  # type: ignore[attr-defined]
-        ENCODING_KEYS,
-        encode_zarr_attr_value,
-    )
+def _json_safe(ds: xr.Dataset) -> xr.Dataset:
+    """The dataset with attributes strict JSON holds, for VirtualiZarr's own append path."""
+    safe = ds.copy()
+    safe.attrs = json_attributes(ds.attrs)
+    for name, variable in safe.variables.items():
+        variable.attrs = json_attributes(ds.variables[name].attrs)
+        variable.encoding = {
+            k: json_value(v) if isinstance(v, float) else v for k, v in ds.variables[name].encoding.items()
+        }
+    return safe
 
-    attrs = {k: encode_zarr_attr_value(v) for k, v in variable.attrs.items()}
+
+def _array_attributes(variable: xr.Variable) -> dict[str, Any]:
+    """Attributes as ``to_icechunk`` writes them (xarray attrs plus CF encoding keys), except
+    that non-finite numbers are strings (:mod:`~icechunk_operator.engine.attributes`)."""
+    from virtualizarr.writers.icechunk import ENCODING_KEYS
+
+    attrs = json_attributes(variable.attrs)
     for key, value in variable.encoding.items():
         if key in ENCODING_KEYS:
-            attrs[key] = encode_zarr_attr_value(value)
+            attrs[key] = json_value(value)
     return attrs
 
 

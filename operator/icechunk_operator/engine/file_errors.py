@@ -39,3 +39,16 @@ class MalformedFileError(UnusableFileError):
 
 class FixFailedError(UnusableFileError):
     """A ``virtualization.fixes`` function raised on this file."""
+
+
+class UnstorableAttributeError(UnusableFileError):
+    """An attribute Zarr's JSON cannot hold in a form readers decode as the source's reader
+    does (a non-finite ``scale_factor``, an infinite ``missing_value``)."""
+
+
+class InvalidMetadataError(UnusableFileError):
+    """A Zarr document built for the file is not strict JSON (the store would refuse it)."""
+
+
+class RefusedByStoreError(UnusableFileError):
+    """The store refused this file's group at write time; its message says why."""

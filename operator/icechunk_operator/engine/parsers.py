@@ -23,6 +23,7 @@ import math
 from typing import Any
 
 from icechunk_operator.engine.file_errors import MalformedFileError, TruncatedFileError
+from icechunk_operator.engine.packing import PACKING_KEYS
 
 
 def make_parser(kind: str, file_size: int, reader_factory: Any) -> Any:
@@ -41,6 +42,7 @@ class CheckedNetCDF3Parser:
         from virtualizarr.parsers import netcdf3
 
         store, path = registry.resolve(url)
+        _keep_float_attribute_types(netcdf3)
         header = netcdf3._parse_header(BlockStoreReader(store=store, path=path))
         if header.numrecs == netcdf3._STREAMING:
             header.numrecs = netcdf3._resolve_streaming_numrecs(header, self.file_size)
@@ -103,6 +105,56 @@ class RootGroupHDFParser:
                     continue  # another file's bytes
                 item = root[name]  # not .get(), which turns "cannot open this object" into None
                 if isinstance(item, h5py.Dataset):
-                    arrays[name] = hdf._construct_manifest_array(url, item, "/", False)
+                    array = hdf._construct_manifest_array(url, item, "/", False)
+                    arrays[name] = _with_typed_packing(array, item)
             attributes = hdf._extract_attrs(root, False)
         return ManifestStore(registry=registry, group=ManifestGroup(arrays=arrays, attributes=attributes))
+
+
+def _with_typed_packing(array: Any, dataset: Any) -> Any:
+    """The array with its ``scale_factor``/``add_offset`` as the numpy scalars h5py reads:
+    VirtualiZarr makes them Python floats, and the unpacked dtype depends on their type
+    (:mod:`~icechunk_operator.engine.packing`)."""
+    import dataclasses
+
+    import numpy as np
+    from virtualizarr.manifests import ManifestArray
+
+    typed = {}
+    for key in PACKING_KEYS:
+        if key in dataset.attrs:
+            value = np.asarray(dataset.attrs[key])
+            if value.size == 1 and value.dtype.kind == "f":
+                typed[key] = value.reshape(-1)[0]
+    if not typed:
+        return array
+    metadata = dataclasses.replace(array.metadata, attributes={**array.metadata.attributes, **typed})
+    return ManifestArray(metadata=metadata, chunkmanifest=array.manifest)
+
+
+def _keep_float_attribute_types(netcdf3: Any) -> None:
+    """Make VirtualiZarr's NetCDF3 header reader keep float and double attributes of one value
+    as numpy scalars (it returns Python floats, losing float32), for the same reason as
+    :func:`_with_typed_packing`. Installed once per process; every later value is as before,
+    typed (JSON writes both the same)."""
+    base = netcdf3._HeaderReader
+    if getattr(base, "keeps_float_types", False):
+        return
+
+    class TypedFloatHeaderReader(base):  # type: ignore[misc,valid-type]
+        keeps_float_types = True
+
+        def values(self, nc_type: int, nelems: int) -> Any:
+            if nc_type not in _NC_FLOAT_TYPES or nelems != 1:
+                return super().values(nc_type, nelems)
+            import numpy as np
+
+            dtype = netcdf3._NC_TYPES[nc_type]
+            raw = self.read(dtype.itemsize)
+            self.pad(dtype.itemsize)
+            return np.frombuffer(raw, dtype)[0].astype(dtype.newbyteorder("="))
+
+    netcdf3._HeaderReader = TypedFloatHeaderReader
+
+
+_NC_FLOAT_TYPES = (5, 6)  # NC_FLOAT, NC_DOUBLE

@@ -102,6 +102,7 @@ def virtualize_options(batch: IngestBatch) -> VirtualizeOptions:
         drop_variables=tuple(spec.drop_variables),
         fixes=tuple(spec.fixes),
         split_dimension=spec.split.dimension if spec.split else None,
+        decode_times=spec.decode_times,
     )
 
 
@@ -259,10 +260,12 @@ def _ingest_virtual(
                     if outcome.payload is not None:
                         report.done += len(outcome.payload.sources)
                         writer.add(outcome.payload)
+                    _count_refusals(report, writer)
                     progress.done, progress.failed = report.done, report.failed
                     on_progress(progress)
         stage("committing")
         writer.checkpoint()
+        _count_refusals(report, writer)
     except Exception as error:
         report.error = f"{type(error).__name__}: {error}"
         raise
@@ -275,6 +278,15 @@ def _ingest_virtual(
         stages["write"] = writer.stats.write_seconds
         stages["commit"] = writer.stats.commit_seconds
         stages["ingest (wall)"] = time.perf_counter() - started
+
+
+def _count_refusals(report: RunReport, writer: CheckpointedWriter) -> None:
+    """Files whose group the store refused at write time were counted done when their payload
+    arrived: they are failures."""
+    refusals = writer.take_refusals()
+    report.failures.extend(refusals)
+    report.failed += len(refusals)
+    report.done -= len(refusals)
 
 
 def _ingest_materialized(

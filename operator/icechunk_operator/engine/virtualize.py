@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from icechunk_operator.engine.attributes import check_decodable
 from icechunk_operator.engine.file_errors import (
     EmptyFileError,
     FixFailedError,
@@ -29,6 +30,7 @@ from icechunk_operator.engine.file_errors import (
     UnusableFileError,
 )
 from icechunk_operator.engine.fixes import resolve_fix
+from icechunk_operator.engine.packing import unpack_in_codecs
 from icechunk_operator.engine.parsers import make_parser
 from icechunk_operator.engine.prefetch import HDF5_BLOCK_BYTES, Head, HeadStore
 from icechunk_operator.engine.records import SourceFile
@@ -46,6 +48,8 @@ __all__ = [  # the failure classes, importable from here as before
     "virtualize_file",
 ]
 
+#: Array-to-array codecs that work value by value: a byte range of whole values stays one.
+ELEMENTWISE_CODECS = ("numcodecs.fixedscaleoffset",)
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NETCDF3_MAGICS = (b"CDF\x01", b"CDF\x02")  # classic and 64-bit offset; CDF-5 is not netCDF3
 
@@ -57,6 +61,7 @@ class VirtualizeOptions:
     drop_variables: tuple[str, ...] = ()
     fixes: tuple[str, ...] = ()
     split_dimension: str | None = None
+    decode_times: bool = True
 
 
 def sniff_format(head: bytes) -> str:
@@ -148,6 +153,8 @@ def virtualize_file(
     arrays = {str(k): v for k, v in group.arrays.items() if k not in options.drop_variables}
     check_within_file(arrays, source.size)
     check_chunk_sizes(arrays)
+    for name, array in arrays.items():
+        check_decodable(name, array.metadata.attributes)
 
     loadable = options.loadable_variables
     if loadable is None:
@@ -155,6 +162,8 @@ def virtualize_file(
         loadable = tuple(name for name in arrays if name in dims)
     with reading("the values of its coordinates cannot be read"):
         loaded = load_arrays({n: arrays[n] for n in loadable if n in arrays}, store, path, manifest_store)
+    with reading("its packed variables cannot be unpacked in their codecs"):
+        arrays = {n: a if n in loaded else unpack_in_codecs(a) for n, a in arrays.items()}
     with reading("its variables do not make one dataset"):
         if options.split_dimension:
             arrays = split_contiguous(arrays, options.split_dimension)
@@ -166,7 +175,8 @@ def virtualize_file(
             ds = fix(ds)
     if not ds.data_vars:
         raise NoDataVariablesError("file has no data variables")
-    check_time_decodes(ds)
+    if options.decode_times:
+        check_time_decodes(ds)
     return ds
 
 
@@ -239,7 +249,48 @@ def check_time_decodes(ds: xr.Dataset) -> None:
         attrs.get("units"), attrs.get("calendar", "standard"), values.min().item(), values.max().item()
     )
     if error:
-        raise TimeDecodingError(error)
+        raise TimeDecodingError(error + _fill_value_hint(values, attrs))
+
+
+#: What the NetCDF library writes where no value was ever written (netCDF4.default_fillvals).
+NETCDF_DEFAULT_FILLS = {
+    "i1": -127,
+    "u1": 255,
+    "i2": -32767,
+    "u2": 65535,
+    "i4": -2147483647,
+    "u4": 4294967295,
+    "i8": -9223372036854775806,
+    "u8": 18446744073709551614,
+    "f4": 9.969209968386869e36,
+    "f8": 9.969209968386869e36,
+}
+
+
+def _fill_value_hint(values: np.ndarray, attrs: dict[str, Any]) -> str:
+    """Say so when the times that do not decode are a fill value: the file holds no time
+    there, and the way out is a setting, not a units fix."""
+    fills: dict[float, str] = {}
+    default = NETCDF_DEFAULT_FILLS.get(values.dtype.str.lstrip("<>|="))
+    if default is not None:
+        fills[float(np.asarray(default, dtype=values.dtype))] = (
+            f"the NetCDF default fill value of {values.dtype}"
+        )
+    for key in ("missing_value", "_FillValue"):
+        given = attrs.get(key)
+        if isinstance(given, int | float | np.number) and not isinstance(given, bool):
+            fills[float(given)] = f"the variable's {key}"
+    found = [(v, why) for v, why in fills.items() if np.any(values == v)]
+    if not found:
+        return ""
+    value, why = found[0]
+    count = int(np.count_nonzero(values == value))
+    shown = int(value) if float(value).is_integer() else value
+    return (
+        f"; {count} of {values.size} time values are {shown}, {why}: the file holds no time "
+        "there. Correct the file, set the times with a virtualization.fixes function, or set "
+        "virtualization.decodeTimes: false to store the numbers as they are"
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -326,6 +377,7 @@ def split_contiguous(arrays: dict[str, Any], dimension: str) -> dict[str, Any]:
         if not dims or dims[0] != dimension:
             continue
         codecs = [c.to_dict()["name"] for c in metadata.codecs]
+        codecs = [c for c in codecs if c not in ELEMENTWISE_CODECS]
         steps = array.shape[0]
         if codecs != ["bytes"] or tuple(metadata.chunks) != tuple(array.shape) or steps <= 1:
             continue  # compressed or already chunked: byte ranges per step do not exist

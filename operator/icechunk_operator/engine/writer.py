@@ -17,6 +17,26 @@ from typing import Any
 
 from icechunk_operator.engine.documents import GroupPayload, group_document
 from icechunk_operator.engine.planning import WriteMode
+from icechunk_operator.failpoints import failpoint
+
+#: Errors of the storage, the machine or the session, never of one group's content: these end
+#: the run (a crash, retried), where any other error at write time fails only its group.
+NOT_ABOUT_THE_GROUP: tuple[type[BaseException], ...] = (OSError, MemoryError)
+
+
+def is_about_the_group(error: BaseException) -> bool:
+    """True when ``error`` concerns what one group's payload holds (a document or a reference
+    the store refuses), so the group's files fail and the run goes on."""
+    import icechunk
+
+    infrastructure = (
+        icechunk.StorageError,
+        icechunk.RepositoryNotFoundError,
+        icechunk.SessionStateError,
+        icechunk.ConflictError,
+        *NOT_ABOUT_THE_GROUP,
+    )
+    return not isinstance(error, infrastructure)
 
 
 class GroupWriter:
@@ -27,14 +47,24 @@ class GroupWriter:
         self._known_groups: set[str] = {""}
         self._prototype: Any = None
 
-    def write(self, session: Any, payloads: Iterable[GroupPayload]) -> None:
+    def write(self, session: Any, payloads: Iterable[GroupPayload]) -> dict[str, Exception]:
+        """Write ``payloads``; a group the store refuses is returned with its error (the
+        session then holds part of it: see :class:`~icechunk_operator.engine.commits.CheckpointedWriter`),
+        an error of the storage itself is raised."""
         payloads = list(payloads)
+        refused: dict[str, Exception] = {}
         fast = [p for p in payloads if p.mode != WriteMode.APPEND]
         if fast:
-            self._runner.run(self._write_all(session.store, fast))
+            refused.update(self._runner.run(self._write_all(session.store, fast)))
         for payload in payloads:
             if payload.mode == WriteMode.APPEND:
-                self._append(session, payload)
+                try:
+                    self._append(session, payload)
+                except Exception as error:
+                    if not is_about_the_group(error):
+                        raise
+                    refused[payload.group] = error
+        return refused
 
     def put_documents(self, session: Any, documents: dict[str, bytes]) -> None:
         self._runner.run(self._put_all(session.store, documents))
@@ -59,15 +89,24 @@ class GroupWriter:
                 )
             )
 
-    async def _write_all(self, store: Any, payloads: list[GroupPayload]) -> None:
+    async def _write_all(self, store: Any, payloads: list[GroupPayload]) -> dict[str, Exception]:
         # Parents first, once each: concurrent creation of the same parent would collide.
         parents = sorted({p for payload in payloads for p in _parents(payload.group)})
         await self._ensure_groups(store, parents)
         replaced = [p.group for p in payloads if p.mode == WriteMode.REPLACE]
         if replaced:
             await asyncio.gather(*(store.delete_dir(group) for group in replaced))
-        await asyncio.gather(*(self._write_one(store, payload) for payload in payloads))
-        self._known_groups.update(p.group for p in payloads)
+        outcomes = await asyncio.gather(
+            *(self._write_one(store, payload) for payload in payloads), return_exceptions=True
+        )
+        refused: dict[str, Exception] = {}
+        for payload, outcome in zip(payloads, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception) or not is_about_the_group(outcome):
+                    raise outcome
+                refused[payload.group] = outcome
+        self._known_groups.update(p.group for p in payloads if p.group not in refused)
+        return refused
 
     async def _ensure_groups(self, store: Any, groups: list[str]) -> None:
         unknown = [g for g in groups if g not in self._known_groups]
@@ -80,6 +119,7 @@ class GroupWriter:
 
     async def _write_one(self, store: Any, payload: GroupPayload) -> None:
         await self._put_documents(store, f"{payload.group}/", payload.documents)
+        failpoint("write.group")  # TEST ONLY when armed: a group the store refuses, half written
         # References after the array documents they belong to.
         await asyncio.gather(
             *(
