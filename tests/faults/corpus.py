@@ -6,13 +6,18 @@ every structure boundary (found by parsing the format: tests/faults/formats.py),
 lying superblocks, lying dimension sizes and offsets (HDF5 checksums recomputed, so the library
 reads the lie instead of refusing a bad checksum), huge claimed arrays (dimensions of 2**40),
 cyclic HDF5 links (made with h5py, and by patching a link, a continuation or a B-tree node to
-point back at itself), and garbage. The unmutated originals are in the corpus too: they must be
+point back at itself), attribute values JSON cannot hold or no unpacking survives (NaN, ±Infinity,
+the largest finite value, subnormals and -0.0 patched into every float attribute of a NetCDF3
+header; h5py files with such values on ``scale_factor``, ``missing_value``, ``_FillValue`` and
+others), and garbage. The unmutated originals are in the corpus too: they must be
 ingested.
 """
 
 from __future__ import annotations
 
+import math
 import random
+import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,8 +82,12 @@ def _netcdf(path: Path, file_format: str) -> None:
         temp.setncattr("long_name", "temperature")
         temp[:] = np.arange(60, dtype=np.float32).reshape(3, 5, 4)
         count = ds.createVariable("count", "i4", ("time",))
+        count.setncattr("valid_max", np.float64(100.0))
         count[:] = [1, 2, 3]
         mask = ds.createVariable("mask", "i2", ("y", "x"))
+        mask.set_auto_maskandscale(False)
+        mask.setncattr("scale_factor", np.float32(0.5))  # packed: unpacked by a codec in the store
+        mask.setncattr("add_offset", np.float32(1.0))
         mask[:] = np.ones((5, 4), dtype=np.int16)
         if file_format == "NETCDF4":
             sub = ds.createGroup("sub")
@@ -191,6 +200,43 @@ def _huge_files(folder: Path) -> Iterator[tuple[str, Path]]:
         yield name, path
 
 
+def _odd_attribute_files(folder: Path) -> Iterator[tuple[str, Path]]:
+    """Valid HDF5 files (h5py) whose attributes hold what JSON cannot, or what breaks
+    unpacking: NaN and ±Infinity as scalars and in arrays, on CF names and others, and
+    integers at the ends of their ranges."""
+    import h5py
+
+    odd: dict[str, tuple[str, object]] = {
+        "scale-factor-nan": ("scale_factor", np.float32("nan")),
+        "scale-factor-inf": ("scale_factor", np.float32("inf")),
+        "scale-factor-zero": ("scale_factor", np.float32(0.0)),
+        "add-offset-inf": ("add_offset", np.float64("-inf")),
+        "missing-value-inf": ("missing_value", np.float32("inf")),
+        "missing-value-nan": ("missing_value", np.float32("nan")),
+        "missing-values-mixed": ("missing_value", np.array([np.nan, -np.inf], dtype="f4")),
+        "fill-value-inf": ("_FillValue", np.float32("-inf")),
+        "fill-value-nan-int": ("_FillValue", np.float64("nan")),
+        "valid-range-inf": ("valid_range", np.array([-np.inf, np.inf])),
+        "non-cf-nan": ("_FILLVALUE", np.float32("nan")),
+        "int64-extremes": ("limits", np.array([np.iinfo("i8").min, np.iinfo("i8").max])),
+        "uint64-max": ("count_max", np.uint64(np.iinfo("u8").max)),
+        "float-max": ("valid_max", np.float64(np.finfo("f8").max)),
+    }
+    for name, (key, value) in odd.items():
+        path = folder / f"attribute-value-{name}.nc"
+        with h5py.File(path, "w") as f:
+            f.attrs["global_nan"] = np.float64("nan")
+            f.attrs["global_limits"] = np.array([-np.inf, 0.0, np.inf])
+            x = f.create_dataset("x", data=np.arange(4.0))
+            x.make_scale("x")
+            packed = name.startswith(("scale", "add", "fill-value-nan-int"))
+            data = np.arange(4, dtype="i2") if packed else np.arange(4, dtype="f4")
+            temp = f.create_dataset("temp", data=data)
+            temp.dims[0].attach_scale(x)
+            temp.attrs[key] = value
+        yield name, path
+
+
 # -- the mutations ------------------------------------------------------------------------------
 
 
@@ -258,6 +304,32 @@ def _netcdf3_mutations(data: bytes, rng: random.Random) -> Iterator[Mutation]:
     for place in fixed:
         yield Mutation("huge-array", patched(data, place, 2**31 - 1), f"{place.label} = 2**31-1")
     yield Mutation("huge-array", patched(data, layout.counts[0], 2**31 - 1), "numrecs = 2**31-1")
+    yield from _attribute_values(data, layout)
+
+
+#: What a float attribute can hold that JSON cannot, or that no arithmetic survives.
+ODD_FLOATS = {
+    "NaN": math.nan,
+    "+Infinity": math.inf,
+    "-Infinity": -math.inf,
+    "largest finite": None,  # the type's own: 3.4e38 for float, 1.8e308 for double
+    "smallest subnormal": 5e-324,
+    "negative zero": -0.0,
+}
+
+
+def _attribute_values(data: bytes, layout: Layout) -> Iterator[Mutation]:
+    """Every float and double attribute value of a NetCDF3 header set, in turn, to NaN, ±Infinity,
+    the largest finite value, a subnormal and -0.0 (``scale_factor``, ``add_offset``,
+    ``_FillValue``, ``valid_max``, ``valid_range`` among them)."""
+    for place in layout.float_values:
+        code = ">f" if place.width == 4 else ">d"
+        for label, value in ODD_FLOATS.items():
+            if value is None:
+                value = float(np.finfo(np.float32 if place.width == 4 else np.float64).max)
+            raw = struct.pack(code, value) if place.width == 8 or value != 5e-324 else struct.pack(">I", 1)
+            out = data[: place.offset] + raw + data[place.offset + place.width :]
+            yield Mutation("attribute-value", out, f"{place.label} = {label}")
 
 
 def _hdf5_mutations(data: bytes, path: Path, rng: random.Random) -> Iterator[Mutation]:
@@ -363,6 +435,8 @@ def build_corpus(folder: Path, seed: int = SEED) -> list[HostileFile]:
         files.append(HostileFile("cyclic-link", path, name, "written by h5py"))
     for name, path in _huge_files(folder):
         files.append(HostileFile("huge-array", path, name, "written by h5py"))
+    for name, path in _odd_attribute_files(folder):
+        files.append(HostileFile("attribute-value", path, name, "written by h5py"))
     for mutation in _garbage(rng, folder):
         add(mutation.kind, "garbage", mutation.data, mutation.detail)
     return files

@@ -88,10 +88,12 @@ class Layout:
     dimensions: list[Field] = field(default_factory=list)  # lengths (NetCDF3) or dataspace dims
     counts: list[Field] = field(default_factory=list)  # numrecs, vsize, max dims
     addresses: list[Field] = field(default_factory=list)  # begin, EOF, continuation, link targets
+    float_values: list[Field] = field(default_factory=list)  # NetCDF3 float and double attribute values
     header_end: int = 0
 
 
 _NC_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8}
+_NC_FLOATS = {5: "float", 6: "double"}
 
 
 def netcdf3_layout(data: bytes) -> Layout:
@@ -112,8 +114,14 @@ def netcdf3_layout(data: bytes) -> Layout:
         at += 8
         for _ in range(count):
             layout.boundaries.append((at, f"attribute of {owner}"))
-            _, at = name(at)
+            attribute, at = name(at)
             kind, items = u32(at), u32(at + 4)
+            if kind in _NC_FLOATS:  # each value of a float or double attribute, for lies
+                width = _NC_SIZES[kind]
+                for index in range(items):
+                    where = at + 8 + index * width
+                    label = f"{_NC_FLOATS[kind]} attribute {attribute}[{index}] of {owner}"
+                    layout.float_values.append(Field(where, width, u32(where) if width == 4 else 0, label))
             at += 8 + (_NC_SIZES[kind] * items + 3) // 4 * 4
         return at
 

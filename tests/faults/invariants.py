@@ -51,11 +51,14 @@ def check_store(
     snapshots_before: Iterable[str] = (),
     url_of: Callable[[SyntheticFile], str] = local_url,
     read_every: int = 5,
+    missing_groups: Iterable[str] = (),
 ) -> StoreCheck:
-    """Count, then assert, that the branch holds each good file of ``layout`` once, that every
-    snapshot in ``snapshots_before`` is still an ancestor of the tip, and that the values of
-    every ``read_every``-th good file read back equal the source."""
-    good = [f for f in layout.files if f.defect == "none"]
+    """Count, then assert, that the branch holds each good file of ``layout`` once (but those of
+    ``missing_groups``, which it must not hold), that every snapshot in ``snapshots_before`` is
+    still an ancestor of the tip, and that the values of every ``read_every``-th good file read
+    back equal the source."""
+    left_out = set(missing_groups)
+    good = [f for f in layout.files if f.defect == "none" and f.group not in left_out]
     repo = open_repository(store.spec, create=False)
     branch = store.spec.branch
     session = repo.readonly_session(branch=branch)

@@ -44,6 +44,9 @@ CLEAR_CLASSES = {
     "MalformedFileError",
     "NoDataVariablesError",
     "TimeDecodingError",
+    "UnstorableAttributeError",
+    "InvalidMetadataError",
+    "RefusedByStoreError",
     "FileTimeoutError",
     "ParserCrashedError",
     "MemoryLimitError",
@@ -68,6 +71,7 @@ def test_the_corpus_is_the_same_for_the_same_seed(corpus: list[HostileFile], tmp
     assert len(mutations) >= 500
     kinds = {f.kind for f in mutations}
     assert kinds >= {"bitflip", "truncate", "zeroed-superblock", "lying-dims", "huge-array", "cyclic-link"}
+    assert sum(1 for f in mutations if f.kind == "attribute-value") >= 80
     # No timestamps in the files (h5py and netCDF4 track no object times by default): every byte
     # of every file is the same.
     assert digest(again) == digest(corpus)
@@ -128,6 +132,11 @@ def test_every_hostile_file_ends_as_one_record_and_no_worker_dies(
     assert run.memory.largest_total < 6 * GiB
     for kind in ("truncate", "zeroed-superblock", "zeroed-header", "garbage"):
         assert "ingested" not in table[kind], f"a {kind} file was ingested"
+    # Non-finite attributes are stored (as strings) where readers decode the same; refused,
+    # named, where they would not (scale_factor NaN, an infinite missing_value).
+    odd = {f.base: run.outcome(f) for f in corpus if f.kind == "attribute-value" and f.base}
+    assert odd["non-cf-nan"] == odd["valid-range-inf"] == odd["missing-value-nan"] == "ingested"
+    assert odd["scale-factor-nan"] == odd["missing-value-inf"] == "UnstorableAttributeError"
 
 
 def write_small(path: Path, fault: str | None = None) -> HostileFile:

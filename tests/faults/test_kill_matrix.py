@@ -23,7 +23,12 @@ from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.failpoints import ENV, ONCE_DIR_ENV
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.conftest import ismip6_resources, make_archive
-from tests.faults.invariants import assert_failure_log_holds_the_bad_files, branch_snapshots, check_store
+from tests.faults.invariants import (
+    assert_failure_log_holds_the_bad_files,
+    branch_snapshots,
+    check_store,
+    newest_failure_log,
+)
 from tests.faults.tally import FaultTally
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -182,4 +187,36 @@ def test_sigkill_during_maintenance_keeps_the_tip_and_a_rerun_expires(
     assert remaining[0] == tip_before and len(remaining) <= 2
     fault_tally.add(
         "SIGKILL, maintenance (CLI re-run)", stage, lost=result.lost, duplicated=result.duplicated
+    )
+
+
+def test_a_group_the_store_refuses_fails_its_files_and_the_run_goes_on(
+    archive_for_kills: ArchiveLayout, tmp_path: Path, dask_scheduler: str, fault_tally: FaultTally
+) -> None:
+    """The second group written raises inside the writer, half of it in the session (its
+    documents in, its references not): INJECTED, because the workers' own checks keep every
+    document the real store would refuse from reaching the writer (that refusal is real in
+    tests/integration/test_write_refusals.py). Its files are failure records naming the error,
+    every other group is committed, and a re-run ingests the refused group: the store then
+    equals an unfaulted one."""
+    spec, store = write_spec(tmp_path, archive_for_kills)
+    faulted = run_cli(spec, scheduler=dask_scheduler, failpoints="write.group=raise@2")
+    assert faulted.returncode in (0, 1), faulted.stderr[-2000:]
+    log = newest_failure_log(tmp_path / "stores" / "failures")
+    failures = log["failures"]
+    assert isinstance(failures, list)
+    refused = [f for f in failures if f["error_class"] == "RefusedByStoreError"]
+    assert refused and {f["group"] for f in refused} == {refused[0]["group"]}
+    assert "InjectedFault" in refused[0]["message"]
+    group = refused[0]["group"]
+    assert not check_store(store, archive_for_kills, missing_groups={group}).lost
+
+    rerun = run_cli(spec, scheduler=dask_scheduler)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    result = check_store(store, archive_for_kills)
+    fault_tally.add(
+        "store refuses a group at write time (CLI re-run)",
+        "refused group, half written",
+        lost=result.lost,
+        duplicated=result.duplicated,
     )

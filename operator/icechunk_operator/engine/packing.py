@@ -11,7 +11,8 @@ the array's data type becomes the dtype xarray gives for the source, and a
 integers. ``_FillValue`` and ``missing_value`` move to the unpacked values, so xarray masks the
 same elements. The codec unpacks in float64 and rounds once, so a value can differ from xarray's
 own float32 unpacking of the source (which rounds twice, after the multiply and after the add)
-by one unit in the last place; the dtype and the masked elements are the same.
+by that one float32 rounding at the terms' magnitude; the dtype and the masked elements are the
+same.
 
 Left as they were (xarray then unpacks to float64, as it always has for Zarr): packed time
 variables (xarray decodes those itself), integers wider than 16 bits (float32 cannot hold them
