@@ -33,7 +33,7 @@ from icechunk_operator.k8s.maintenance import maintenance_job
 from icechunk_operator.k8s.reconciliations import reconcile_job
 from icechunk_operator.k8s.schedules import scheduled_run
 from icechunk_operator.k8s.settings import OperatorSettings
-from tests.faults.spec_strategies import BASE_DOCUMENTS, MODELS, Mutated, Path
+from tests.faults.spec_strategies import BASE_DOCUMENTS, MODELS, Mutated, Path, set_field
 
 CATEGORY = "bad spec"
 #: ICECHUNK_OPERATOR_SPEC_EXPLORE=N runs N random (not derandomized) examples per property: how
@@ -187,10 +187,15 @@ def _example(kind: str, path: Path, value: Any) -> Mutated:
     """An explicit example: the base document of ``kind`` with one field set."""
     import copy
 
-    from tests.faults.spec_strategies import _set
+    mutated = Mutated(kind, copy.deepcopy(BASE_DOCUMENTS[kind]))
+    mutated.touched.append(set_field(mutated.document, path, value))
+    return mutated
 
-    mutated = Mutated(kind, copy.deepcopy(BASE_DOCUMENTS[kind]), touched=[path])
-    _set(mutated.document, path, value)
+
+def _materialized_without_virtualization() -> Mutated:
+    """A materialized batch that says ``virtualization: null``: the server drops the null."""
+    mutated = _example("IngestBatch", ("spec", "materialize"), {})
+    mutated.touched.append(set_field(mutated.document, ("spec", "virtualization"), None))
     return mutated
 
 
@@ -230,4 +235,8 @@ FOUND = [
     _example("IngestBatch", ("spec", "execution", "deadlineSeconds"), 2**63),
     _example("IngestBatch", ("spec", "failures", "maxFailedFiles"), 2**63),
     _example("Reconciliation", ("metadata", "name"), "a.b"),
+    # The server took it (the null dropped), the model refused both modes as given.
+    _materialized_without_virtualization(),
+    # A created gate lacking its required period was called a refusal of the wrong field.
+    _example("IngestBatch", ("spec", "validation", "filesPerPeriod", "expected"), 1),
 ]

@@ -335,23 +335,30 @@ def value_for(node: dict[str, Any], json_only: bool) -> st.SearchStrategy[Any]:
     return st.one_of(typed, typed, typed, wrong)
 
 
-def _set(document: dict[str, Any], path: Path, value: Any) -> None:
+def set_field(document: dict[str, Any], path: Path, value: Any) -> Path:
+    """Set ``path`` to ``value``, creating the objects and lists on the way; returns the path
+    of the outermost one created (or replaced), else ``path``. That path is what the mutation
+    touched: a created ``filesPerPeriod`` lacks its required ``period`` as much as its
+    ``expected`` is set, and a refusal naming either is a refusal of what changed."""
     node: Any = document
-    for step, following in itertools.pairwise(path):
+    created: Path | None = None
+    for depth, (step, following) in enumerate(itertools.pairwise(path)):
         fresh: Any = [] if isinstance(following, int) else {}
         if isinstance(step, int):
             if not isinstance(node, list):
-                return
+                return path
             while len(node) <= step:
                 node.append(fresh)
             if not isinstance(node[step], type(fresh)):
                 node[step] = fresh
+                created = created or path[: depth + 1]
             node = node[step]
         else:
             if not isinstance(node, dict):
-                return
+                return path
             if not isinstance(node.get(step), type(fresh)):
                 node[step] = fresh
+                created = created or path[: depth + 1]
             node = node[step]
     last = path[-1]
     if isinstance(last, int) and isinstance(node, list):
@@ -360,6 +367,7 @@ def _set(document: dict[str, Any], path: Path, value: Any) -> None:
         node[last] = value
     elif isinstance(last, str) and isinstance(node, dict):
         node[last] = value
+    return created or path
 
 
 def _delete(document: dict[str, Any], path: Path) -> None:
@@ -388,14 +396,19 @@ def hostile_documents(
         path, node = draw(st.sampled_from(paths))
         action = draw(st.sampled_from(["set", "set", "set", "set", "delete", "unknown"]))
         if action == "set":
-            _set(mutated.document, path, copy.deepcopy(draw(value_for(node, json_only))))
-            mutated.touched.append(path)
+            mutated.touched.append(
+                set_field(mutated.document, path, copy.deepcopy(draw(value_for(node, json_only))))
+            )
         elif action == "delete":
             _delete(mutated.document, path)
             mutated.touched.append(path)
         else:
             parent = path if node.get("type") == "object" else path[:-1]
             name = draw(st.sampled_from(["unknownField", "extra", "Store", "SPEC", "store ", "$ref"]))
-            _set(mutated.document, (*parent, name), copy.deepcopy(draw(st.sampled_from(WRONG_TYPES))))
+            created = set_field(
+                mutated.document, (*parent, name), copy.deepcopy(draw(st.sampled_from(WRONG_TYPES)))
+            )
             mutated.added_unknown.append((*parent, name))
+            if created != (*parent, name):
+                mutated.touched.append(created)
     return mutated

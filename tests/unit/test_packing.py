@@ -50,7 +50,7 @@ def test_the_codec_unpacks_within_a_float32_rounding_of_xarray_and_masks_the_sam
     masked = np.where(unpacked == fill, np.nan, unpacked)
     np.testing.assert_array_equal(np.isnan(masked), np.isnan(expected))
     keep = ~np.isnan(expected)
-    # One float32 rounding at the terms' magnitude: xarray rounds after the multiply and after the
+    # Within float32 roundings at the terms' magnitude: xarray rounds after the multiply and after the
     # add, the codec once, so near zero (where the two terms cancel) ULPs of the result mislead.
     magnitude = np.maximum(
         np.abs(raw[keep] * F32(scale)), np.maximum(np.abs(expected[keep]), F32(abs(offset)))

@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from icechunk_operator.api.wire_values import read_as_the_server_does
+from icechunk_operator.api.wire_values import read_as_the_server_does, without_dropped_nulls
 
 #: Validation context key: the document comes from a person (a YAML file), not the API server.
 USER_DOCUMENT = "user_document"
@@ -55,6 +55,11 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_as_the_api_server_drops(cls, data: Any) -> Any:
+        return without_dropped_nulls(cls.model_fields, data)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -34,6 +34,21 @@ def _scalar(annotation: Any) -> tuple[type | None, bool]:
     return (only if only in (int, float, bool) else None), nullable
 
 
+def without_dropped_nulls(fields: dict[str, FieldInfo], data: Any) -> Any:
+    """``data`` without the nulls the server drops (given for a field that is not nullable and
+    has a default), so the field counts as not given: ``virtualization: null`` beside
+    ``materialize`` is no virtualization, as the server stores it."""
+    if not isinstance(data, dict) or None not in data.values():
+        return data
+    dropped = set()
+    for name, field in fields.items():
+        _, nullable = _scalar(field.annotation)
+        if not nullable and not field.is_required():
+            alias = field.validation_alias
+            dropped.update({name, alias if isinstance(alias, str) else name})
+    return {key: value for key, value in data.items() if value is not None or key not in dropped}
+
+
 def read_as_the_server_does(field: FieldInfo, value: Any) -> Any:
     """``value`` for ``field``, or ValueError where the server would refuse its type."""
     kind, nullable = _scalar(field.annotation)
