@@ -2,30 +2,41 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane node chart-tools toxiproxy fake-gcs-server image image-local image-lock clean
+.PHONY: setup demo test step-times test-faults test-fast test-k8s lint crds bench bench-cloud bench-operator control-plane node chart-tools toxiproxy fake-gcs-server image image-local image-lock clean
+
+# make test records each step's time here (scripts/timed.sh) and prints them with the tiers' times.
+STEP_TIMES := $(CURDIR)/build/step-times.tsv
+test: export ICECHUNK_OPERATOR_STEP_TIMES := $(STEP_TIMES)
 
 setup:
-	@scripts/setup.sh
+	@scripts/timed.sh "setup (Python 3.14, virtual environment)" scripts/setup.sh
 
 demo: setup
 	$(VENV)/bin/icechunk-operator demo --dir demo-output
 
 lint: setup
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
-	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	@scripts/timed.sh "lint and types (ruff, mypy, import contracts)" sh -c '\
+		$(VENV)/bin/ruff check operator tests && \
+		$(VENV)/bin/ruff format --check operator tests && \
+		$(VENV)/bin/mypy && \
+		$(VENV)/bin/lint-imports'
 
-test: lint control-plane chart-tools toxiproxy fake-gcs-server node image-local
-	$(PY) -m pytest -q
+# Ends with the time per step and tier, and the 25 slowest tests.
+test: step-times lint control-plane chart-tools toxiproxy fake-gcs-server node image-local
+	$(PY) -m pytest -q --durations=25
+
+step-times:
+	@mkdir -p $(dir $(STEP_TIMES)) && : >$(STEP_TIMES)
 
 # The fault matrix alone: kills at each stage, storage and control-plane faults, hostile input,
 # secret canaries (make test runs it too).
 test-faults: setup control-plane chart-tools toxiproxy fake-gcs-server
 	$(PY) -m pytest -q -m faults
 
+# The unit tier: no server, no control plane, no Dask cluster (tests/tiers.py refuses a unit test
+# that asks for one).
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not s3 and not azure and not k8s and not pods"
+	$(PY) -m pytest -q -m unit
 
 # The end-to-end tests on the local control plane (built and cached on first use): the fast tier
 # (a fake kubelet runs commit pods as processes) and the real-pod tier (a real node runs the image).
@@ -38,24 +49,24 @@ crds: setup
 
 # etcd, kube-apiserver, kube-controller-manager, kubectl and kwok, built from Go modules.
 control-plane:
-	@scripts/build-control-plane.sh >/dev/null
+	@scripts/timed.sh "build: control plane" scripts/build-control-plane.sh >/dev/null
 
 # kubelet, kube-proxy, kube-scheduler and CoreDNS (Go modules), containerd, runc and the CNI plugins
 # (Debian's packages): a real node for the real-pod tier.
 node:
-	@scripts/build-node.sh >/dev/null
+	@scripts/timed.sh "build: node" scripts/build-node.sh >/dev/null
 
 # toxiproxy (built from its Go module), for latency and network faults in front of the S3 server.
 toxiproxy:
-	@scripts/build-go-tool.sh toxiproxy >/dev/null
+	@scripts/timed.sh "build: toxiproxy" scripts/build-go-tool.sh toxiproxy >/dev/null
 
 # fake-gcs-server (built from its Go module), the GCS emulator the gs:// tests run against.
 fake-gcs-server:
-	@scripts/build-go-tool.sh fake-gcs-server >/dev/null
+	@scripts/timed.sh "build: fake-gcs-server" scripts/build-go-tool.sh fake-gcs-server >/dev/null
 
 # helm (built from its Go module) and checkov (its own virtual environment), for the chart tests.
 chart-tools: setup
-	@scripts/build-chart-tools.sh >/dev/null
+	@scripts/timed.sh "build: helm and checkov" scripts/build-chart-tools.sh >/dev/null
 
 bench: setup
 	$(PY) -m tests.bench.ingest
@@ -82,7 +93,7 @@ image:
 # tarballs for `ctr -n k8s.io images import`, cached; prints the pause image's tarball, then the
 # image's (scripts/build-image.sh says how each layer is made).
 image-local:
-	@scripts/build-image.sh
+	@scripts/timed.sh "build: image (OCI layout)" scripts/build-image.sh
 
 # Keep the image's lock within the development lock after changing dependencies. The image holds
 # the dask-operator extra: the chart runs the Dask operator's controller from it.

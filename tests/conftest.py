@@ -36,6 +36,8 @@ from tests.servers import (
     wait_until,
 )
 
+pytest_plugins = ["tests.tiers"]
+
 quiet_logs()
 
 #: Azurite's one built-in account and its key, published in Azurite's documentation.

@@ -25,8 +25,6 @@ from tests.e2e.conftest import ClusterDriver, ProcessHandle
 from tests.e2e.promql_subset import Labels, Sample, evaluate, metric_names, parse
 from tests.e2e.test_operator import batch_doc, store_doc
 
-pytestmark = pytest.mark.k8s
-
 CHART = REPO / "charts" / "icechunk-operator"
 _numbers = itertools.count(1)
 KUBE = ("--kube-version", "1.36.3")  # the control plane's; helm's own default is older than the chart allows

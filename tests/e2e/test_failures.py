@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.commits import load_ledger
 from icechunk_operator.engine.storage import open_repository
@@ -18,8 +16,6 @@ from icechunk_operator.synthetic import ArchiveLayout
 from tests.conftest import make_archive
 from tests.e2e.conftest import ClusterDriver, wait_until
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
-
-pytestmark = pytest.mark.k8s
 
 
 def ledger_urls(store: dict[str, object]) -> Counter[str]:

@@ -49,7 +49,7 @@ from tests.e2e.writers import (
 from tests.faults.invariants import check_store, local_url
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.k8s, pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 #: The operator's queue transitions (failpoints in ``k8s/apply.py``), with the phase the batch is
 #: left in and whether its Job exists when the operator dies there.

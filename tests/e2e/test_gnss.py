@@ -15,7 +15,7 @@ from tests.e2e.conftest import ClusterDriver
 from tests.gnss import INVALID, REFERENCE, STATION_PATTERN, assert_same_values, copy_files, reader_dataset
 from tests.integration.readback import open_group
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_a_gnss_batch_materializes_in_the_cluster(

@@ -22,7 +22,7 @@ from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
 from tests.faults.invariants import assert_failure_log_holds_the_bad_files, branch_snapshots, check_store
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.k8s, pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 KILLS = [
     ("mid-virtualization", "virtualizing=kill@4", False),

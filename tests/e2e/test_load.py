@@ -30,7 +30,7 @@ from tests.e2e.writers import assert_jobs_match_runs, failure_log_urls, max_conc
 from tests.faults.invariants import check_store, local_url
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.k8s, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.load, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 STORES = 20
 BATCHES_PER_STORE = 10

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import zarr
 
 from icechunk_operator.api import IcechunkStore
@@ -21,8 +20,6 @@ from icechunk_operator.k8s.maintenance import REQUEST_ANNOTATION
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver, wait_until
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
-
-pytestmark = pytest.mark.k8s
 
 
 def request_maintenance(cluster: ClusterDriver, namespace: str, value: str) -> dict[str, Any]:

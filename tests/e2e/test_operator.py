@@ -12,15 +12,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
 from icechunk_operator.k8s import names
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver, wait_until
-
-pytestmark = pytest.mark.k8s
 
 
 def store_doc(name: str, store_url: str, archive: ArchiveLayout, **spec: Any) -> dict[str, Any]:

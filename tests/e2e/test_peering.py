@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from tests.cluster.control_plane import ControlPlane
@@ -16,8 +15,6 @@ from tests.cluster.kubelet import FakeKubelet
 from tests.e2e.conftest import ClusterDriver, ProcessHandle, wait_until
 from tests.e2e.test_chart import render
 from tests.e2e.test_operator import batch_doc, store_doc
-
-pytestmark = pytest.mark.k8s
 
 
 def test_the_standby_replica_takes_over_when_the_active_one_dies(

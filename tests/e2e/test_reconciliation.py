@@ -11,14 +11,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from icechunk_operator.k8s import names
 from icechunk_operator.synthetic import ArchiveLayout
 from tests.e2e.conftest import ClusterDriver
 from tests.e2e.test_operator import batch_doc, ready_store
-
-pytestmark = pytest.mark.k8s
 
 
 def reconciliation_doc(archive: ArchiveLayout, **spec: Any) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from tests.gnss import REFERENCE, STATION_PATTERN, copy_files
 from tests.integration.readback import ledger_urls, open_group
 from tests.integration.test_append import EPOCHS_PER_DAY, write_day
 
-pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def schedule_doc(name: str, batch: dict[str, Any], **spec: Any) -> dict[str, Any]:

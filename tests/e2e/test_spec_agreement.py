@@ -43,7 +43,7 @@ from tests.faults.spec_checks import (
 from tests.faults.spec_strategies import MODELS, Mutated, Path, hostile_documents
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults, pytest.mark.k8s, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 SERVER_EXAMPLES = EXPLORE or 400
 

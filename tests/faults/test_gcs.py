@@ -42,7 +42,7 @@ from tests.faults.invariants import assert_failure_log_holds_the_bad_files, chec
 from tests.faults.tally import FaultTally
 from tests.servers import GcsServer, write_service_account_key
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 #: The emulator's whole answer to an XML-API object upload (fake-gcs-server v1.56.1).
 REFUSAL = '{"error":{"code":400,"message":"invalid uploadType"'

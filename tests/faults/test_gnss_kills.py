@@ -21,7 +21,7 @@ from tests.faults.test_kill_matrix import run_cli
 from tests.gnss import INVALID, REFERENCE, copy_files, gnss_batch, gnss_store
 from tests.integration.readback import open_group
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 GROUP = "ROSR/observations"
 #: Stage (as the README's table names it) and failpoint; windows of two files, so the second

@@ -29,7 +29,7 @@ from tests.faults.hostile import HostileRun, run_hostile
 from tests.faults.tally import FaultTally
 from tests.servers import REPO
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 GiB = 1 << 30
 #: What a failure record may name: each says what is wrong with the file or its parse.

@@ -35,8 +35,6 @@ from tests.faults.corpus import HostileFile
 from tests.faults.formats import hdf5_layout, netcdf3_layout, object_header_addresses, patched
 from tests.faults.hostile import run_hostile
 
-pytestmark = [pytest.mark.faults]
-
 
 def parse(path: Path) -> object:
     container = VirtualChunkContainerSpec.model_validate({"urlPrefix": path.parent.resolve().as_uri() + "/"})

@@ -21,8 +21,6 @@ import pytest
 from icechunk_operator.api.yaml_reading import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults]
-
 CLI = str(Path(sys.executable).with_name("icechunk-operator"))
 CATEGORY = "bad spec"
 #: Generous for a loaded CI machine: a refusal reads at most 4 MiB and parses nothing big.

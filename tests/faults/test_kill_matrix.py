@@ -31,7 +31,7 @@ from tests.faults.invariants import (
 )
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)

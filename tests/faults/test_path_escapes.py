@@ -33,8 +33,6 @@ from icechunk_operator.engine.templates import RESERVED_ROOT, GroupPathError, re
 from icechunk_operator.synthetic import plan_archive, write_archive
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults]
-
 CATEGORY = "path escape"
 
 

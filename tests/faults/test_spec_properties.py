@@ -24,8 +24,6 @@ from tests.faults.spec_checks import CATEGORY, EXPLORE, FOUND, Counter, model_ve
 from tests.faults.spec_strategies import Mutated, hostile_documents
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults]
-
 MODEL_EXAMPLES = EXPLORE or 1000
 
 MODEL_COUNTER = Counter()

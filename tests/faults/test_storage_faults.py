@@ -52,8 +52,6 @@ from tests.integration.test_ingest_azure import upload_archive as upload_to_azur
 from tests.integration.test_ingest_s3 import upload_archive as upload_to_s3
 from tests.servers import S3_KEY, S3_SECRET, S3Server, Toxiproxy
 
-pytestmark = pytest.mark.faults
-
 #: A persistent fault must end the run within this long (the store's QUICK_LIMITS allow ~15 s).
 BOUND_SECONDS = 90
 

@@ -15,7 +15,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 from distributed import Client, LocalCluster
 
 from icechunk_operator.engine.runner import run_batch
@@ -23,8 +22,6 @@ from icechunk_operator.progress import Progress
 from tests.conftest import ismip6_resources, make_archive
 from tests.faults.invariants import check_store
 from tests.faults.tally import FaultTally
-
-pytestmark = pytest.mark.faults
 
 
 def test_results_lost_with_a_dead_worker_are_computed_again_not_failed(

@@ -25,7 +25,7 @@ from tests.servers import S3_KEY, S3_SECRET, S3Server
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.demo import ISMIP6_PATTERN, ISMIP6_TEMPLATE
 
-pytestmark = [pytest.mark.pods, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 NAMESPACE = "science"  # the README's
 SYSTEM = "icechunk-system"
