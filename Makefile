@@ -79,9 +79,11 @@ bench-cloud: setup toxiproxy
 	@scripts/build-go-tool.sh versitygw >/dev/null
 	$(PY) -m tests.bench.cloud
 
-# The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory.
+# The operator at 1,000 IngestBatches on the local control plane: apply-to-Job latency, memory;
+# then 200 batches over 20 stores run to the end (drain time, peak RSS, writers per store).
 bench-operator: setup control-plane
 	$(PY) -m tests.bench.operator
+	ICECHUNK_OPERATOR_LOAD=20x10 $(PY) -m pytest -q -s --no-header tests/e2e/test_load.py
 
 # The image of operator, commit pods and Dask pods, where a container engine exists.
 IMAGE ?= icechunk-operator:0.1.0

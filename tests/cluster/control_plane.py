@@ -89,13 +89,17 @@ class ControlPlane:
             self._kwok()
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """Ask every process to end, then kill what is left after ``grace`` seconds: the plane's
+        state is thrown away, and the API server, with watches open until the end of a run, took
+        some 20 s of its own graceful shutdown."""
         for name in reversed(list(self.processes)):
             process = self.processes[name]
             process.terminate()
+        deadline = time.monotonic() + grace
         for process in self.processes.values():
             try:
-                process.wait(15)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

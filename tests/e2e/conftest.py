@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 from kubernetes import client, config
 
 from icechunk_operator.k8s import names
+from icechunk_operator.k8s.metrics import QUEUE_PASSES
 from tests.cluster.control_plane import REPO, ControlPlane, build_binaries, free_port
 from tests.cluster.kubelet import FakeKubelet
 
@@ -43,6 +45,18 @@ def wait_until(
             return value
         time.sleep(poll)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def metric_value(url: str, metric: str, **labels: str) -> float | None:
+    """One sample of an operator's /metrics (the first whose labels include ``labels``)."""
+    import urllib.request
+
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(metric + "{") and all(label in line for label in wanted):
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +136,12 @@ def operator_process(
     env = {
         **control_plane.env(),
         "ICECHUNK_OPERATOR_QUEUE_INTERVAL_SECONDS": "2",
-        "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "5",
+        # The stores' periodic probe (a child process, a second or two of CPU each) at the
+        # production interval: a store's change and a batch's end probe it at once, and those are
+        # what the tests wait on; every 5 s it took a good part of a core per live store.
+        "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "300",
+        # The test tier's cron clock (k8s/clock.py), moved by the moved_clock fixture.
+        "ICECHUNK_OPERATOR_TEST_CLOCK_FILE": str(tmp_path_factory.mktemp("clock") / "offset-seconds"),
     }
     binary = Path(sys.executable).with_name("icechunk-operator")
     metrics_port, health_port = free_port(), free_port()
@@ -160,11 +179,12 @@ def own_operators(
 
     def start(name: str, namespaces: list[str], **env: str) -> ProcessHandle:
         where = [f"--namespace={ns}" for ns in namespaces] or ["--all-namespaces"]
-        # The stores' periodic probe (a child process each time) is not under test there: the
-        # default interval, as in production, keeps it from taking the two cores.
-        defaults = {**operator_process.env, "ICECHUNK_OPERATOR_STORE_REFRESH_SECONDS": "300"}
-        args = [operator_process.args[0], "operator", *where]
-        handle = ProcessHandle(name, args, {**defaults, **env}, tmp_path).start()
+        defaults = dict(operator_process.env)
+        metrics_port = free_port()
+        args = [operator_process.args[0], "operator", *where, f"--metrics-port={metrics_port}"]
+        handle = ProcessHandle(name, args, {**defaults, **env}, tmp_path)
+        handle.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        handle.start()
         started.append(handle)
         return handle
 
@@ -203,6 +223,32 @@ def kubelet(
     ).start()
     yield fake
     fake.stop()
+
+
+class MovedClock:
+    """The operator's cron clock, which the test moves forward (``advance``) instead of waiting
+    for a cron time to come: the session's operators read the offset from ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0.0
+
+    def advance(self, seconds: float) -> datetime:
+        """Moves the clock; returns the operators' "now" just after the move."""
+        self.offset += seconds
+        self.path.write_text(f"{self.offset}\n")
+        return self.now()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.offset)
+
+
+@pytest.fixture
+def moved_clock(operator_process: ProcessHandle) -> Iterator[MovedClock]:
+    clock = MovedClock(Path(operator_process.env["ICECHUNK_OPERATOR_TEST_CLOCK_FILE"]))
+    try:
+        yield clock
+    finally:
+        clock.path.write_text("0\n")
 
 
 _namespace_numbers = itertools.count(1)
@@ -299,6 +345,33 @@ class ClusterDriver:
             return wait_until(check, timeout, what)
         except TimeoutError as error:
             raise AssertionError(f"{error}\n{self.diagnostics(namespace)}") from None
+
+    def queue_passes(self, namespace: str, store: str, operator: ProcessHandle | None = None) -> float:
+        """Passes an operator has made over a store's queue (its own metric); 0 while it does not
+        serve metrics yet (it has just started)."""
+        try:
+            url = (operator or self.operator).metrics_url
+            return metric_value(url, QUEUE_PASSES, namespace=namespace, store=store) or 0.0
+        except OSError:
+            return 0.0
+
+    def wait_for_queue_passes(
+        self,
+        namespace: str,
+        stores: list[str],
+        operators: list[ProcessHandle] | None = None,
+        more: int = 2,
+    ) -> None:
+        """Until each operator has planned each store's queue ``more`` more times: the positive
+        signal that what a test checks next was decided by passes that began after this call."""
+        watched = [(operator, store) for operator in operators or [self.operator] for store in stores]
+        start = {key: self.queue_passes(namespace, key[1], key[0]) for key in watched}
+        self.wait(
+            namespace,
+            lambda: all(self.queue_passes(namespace, s, o) >= start[o, s] + more for o, s in watched),
+            60,
+            f"{more} more passes over the queues of {', '.join(stores)}",
+        )
 
     def wait_phase(self, namespace: str, batch: str, phase: str, timeout: float = 120) -> dict[str, Any]:
         def reached() -> bool:

@@ -1,4 +1,8 @@
-"""Load: 200 IngestBatches over 20 stores, applied at once in one ``kubectl apply``.
+"""Load: many IngestBatches over many stores, applied at once in one ``kubectl apply``.
+
+CI runs 24 batches over 6 stores, enough to have every store queue batches behind its writer;
+``make bench-operator`` runs 200 over 20 (``ICECHUNK_OPERATOR_LOAD=20x10``: stores x batches
+per store) and prints the figures the README gives.
 
 All of them succeed; no store ever has two writers at once (from the fake kubelet's runs of the
 writer pods and the API server's Jobs); every store holds each of its good files exactly once,
@@ -9,6 +13,7 @@ are printed and go into the fault tally under "load".
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -32,9 +37,16 @@ from tests.faults.tally import FaultTally
 
 pytestmark = [pytest.mark.load, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(2400)]
 
-STORES = 20
-BATCHES_PER_STORE = 10
 FILES_PER_BATCH = 2
+
+
+def load_size() -> tuple[int, int]:
+    """(stores, batches per store): ``$ICECHUNK_OPERATOR_LOAD`` as ``STORESxBATCHES``, else 6x4."""
+    stores, _, per_store = os.environ.get("ICECHUNK_OPERATOR_LOAD", "6x4").partition("x")
+    return int(stores), int(per_store)
+
+
+STORES, BATCHES_PER_STORE = load_size()
 #: The operator's resident memory (about 120 MB at work) stays under this all through the load...
 RSS_LIMIT_MB = 256
 #: ... and grows by no more than this from the first half of the drain to the second: memory
@@ -74,7 +86,7 @@ def phases(cluster: ClusterDriver, namespace: str) -> Counter[str]:
     return Counter(str((item.get("status") or {}).get("phase")) for item in listed["items"])
 
 
-def test_200_batches_over_20_stores_applied_at_once_all_succeed_one_writer_per_store(
+def test_batches_over_many_stores_applied_at_once_all_succeed_one_writer_per_store(
     own_operators: OperatorStarter,
     control_plane: ControlPlane,
     kubelet: FakeKubelet,
@@ -84,9 +96,10 @@ def test_200_batches_over_20_stores_applied_at_once_all_succeed_one_writer_per_s
     tmp_path: Path,
     fault_tally: FaultTally,
 ) -> None:
-    # 20 files, 4 of them broken; every store gets all of them, two per batch.
+    # Two files per batch, 4 of them broken (20 files at 10 batches per store, 8 at 4); every
+    # store gets all of them.
     archive: ArchiveLayout = make_archive(
-        tmp_path / "archive", institutions=1, models=5, experiments=2, variables=2
+        tmp_path / "archive", institutions=1, models=BATCHES_PER_STORE // 2, experiments=2, variables=2
     )
     assert len(archive.files) == BATCHES_PER_STORE * FILES_PER_BATCH
     operator = own_operators("loaded", [namespace])
@@ -107,8 +120,8 @@ def test_200_batches_over_20_stores_applied_at_once_all_succeed_one_writer_per_s
             batches[name] = (store, part)
             document = batch_doc(name, store, archive, source={"files": [local_url(f) for f in files]})
             # The session's Dask cluster, named as an existing scheduler: the fake kubelet runs
-            # no Dask pods, so a DaskCluster per batch would only add 200 Deployments, Services
-            # and pods that never run (the operator's DaskClusters are tested elsewhere).
+            # no Dask pods, so a DaskCluster per batch would only add a Deployment, a Service
+            # and pods per batch that never run (the operator's DaskClusters are tested elsewhere).
             document["spec"]["execution"] |= {"workers": 1, "scheduler": dask_scheduler}
             documents.append(document)
     assert operator.process is not None

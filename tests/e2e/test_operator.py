@@ -238,7 +238,7 @@ def test_one_writer_per_store_first_come_first_served(
     wait_until(
         lambda: cluster.status(names.BATCHES, namespace, "b").get("queuePosition") == 1, 30, "position"
     )
-    time.sleep(3)  # a few queue timer ticks: b must still wait behind a
+    cluster.wait_for_queue_passes(namespace, ["left"])  # b must still wait behind a
     assert cluster.phase(namespace, "b") == "Queued", queued
     assert sorted(j.metadata.name for j in cluster.jobs(namespace)) == ["a-commit", "c-commit"]
 
@@ -263,7 +263,7 @@ def test_operator_killed_mid_batch_never_starts_a_second_writer(
     cluster.operator.kill()
     cluster.operator.start()
     cluster.wait_phase(namespace, "next", "Queued", 30)  # the new operator lists everything again
-    time.sleep(3)  # and re-plans the queue on a few timer ticks
+    cluster.wait_for_queue_passes(namespace, ["ismip6"])  # and re-plans the queue
     assert [j.metadata.name for j in cluster.jobs(namespace)] == ["resumed-commit"]
     assert cluster.phase(namespace, "next") == "Queued"
 

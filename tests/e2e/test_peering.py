@@ -4,7 +4,6 @@ first dies (the chart's `replicas: 2`)."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,15 @@ def test_the_standby_replica_takes_over_when_the_active_one_dies(
         # keep-alive; the test starts its work once they have.
         wait_until(lambda: len(keepalives()) == 2, 30, "both replicas to report to the peering")
         assert sorted(p["priority"] for p in keepalives().values()) == [100, 200]
-        time.sleep(2)  # each replica re-reads the peering on every keep-alive event
+
+        # Kopf starts each replica paused and logs each change: the active one has resumed, and
+        # the standby, if it resumed before it saw the active one, has paused again.
+        def settled() -> bool:
+            text = standby.log()
+            resumed = text.count("Resuming operations after the pause")
+            return "Resuming operations" in active.log() and resumed == text.count("Pausing operations")
+
+        wait_until(settled, 30, "the active replica to work and the standby to wait")
         cluster = ClusterDriver(control_plane, active, kubelet, kube)
         cluster.apply(store_doc("ismip6", (tmp_path / "store").as_uri(), shared_archive), namespace=namespace)
         cluster.apply(batch_doc("before", "ismip6", shared_archive), namespace=namespace)

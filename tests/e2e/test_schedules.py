@@ -9,9 +9,7 @@ Each run is an IngestBatch the operator stamps from the schedule; its commit pod
 from __future__ import annotations
 
 import shutil
-import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +19,15 @@ import xarray as xr
 from icechunk_operator.api import IcechunkStore
 from icechunk_operator.engine.storage import open_repository
 from icechunk_operator.k8s import names
-from icechunk_operator.k8s.metrics import SCHEDULE_CONSECUTIVE_FAILURES, SCHEDULE_LAST_SUCCESS
+from icechunk_operator.k8s.metrics import (
+    SCHEDULE_CHECKED,
+    SCHEDULE_CONSECUTIVE_FAILURES,
+    SCHEDULE_LAST_SUCCESS,
+)
 from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, REQUEST_ANNOTATION
 from icechunk_operator.k8s.schedules import parse_time
 from icechunk_operator.synthetic import ArchiveLayout
-from tests.e2e.conftest import ClusterDriver
+from tests.e2e.conftest import ClusterDriver, MovedClock
 from tests.e2e.test_operator import batch_doc, store_doc, wait_ready
 from tests.gnss import REFERENCE, STATION_PATTERN, copy_files
 from tests.integration.readback import ledger_urls, open_group
@@ -106,7 +108,7 @@ def concat_batch(store: str, root: Path) -> dict[str, Any]:
 
 
 def test_a_schedule_keeps_a_concat_store_current(
-    cluster: ClusterDriver, namespace: str, tmp_path: Path
+    cluster: ClusterDriver, namespace: str, tmp_path: Path, moved_clock: MovedClock
 ) -> None:
     root = tmp_path / "archive"
     for day in (1, 2):
@@ -132,8 +134,10 @@ def test_a_schedule_keeps_a_concat_store_current(
     )
     assert cluster.apply(schedule, namespace=namespace).returncode == 0
 
-    # 1. The cron schedule fires (every minute here) and the first run ingests both days.
-    first = wait_for_run(cluster, namespace, "daily", 0, timeout=200)
+    # 1. The cron schedule fires (every minute here: the operators' clock moves a minute on) and
+    # the first run ingests both days.
+    moved_clock.advance(60)
+    first = wait_for_run(cluster, namespace, "daily", 0, timeout=120)
     assert first["outcome"] == "Succeeded" and first["filesAdded"] == 2, first
     assert first["name"].startswith("daily-s") and first["snapshot"]
     repo = open_repository(model.spec, create=False)
@@ -172,7 +176,13 @@ def test_a_schedule_keeps_a_concat_store_current(
     )
     before = runs(cluster, namespace, "daily")
     write_day(root, "rosa", 3)
-    time.sleep(62 - datetime.now(UTC).second + 4)  # past the next minute and a few timer ticks
+    crossed = moved_clock.advance(120).timestamp()  # two cron times pass
+    cluster.wait(
+        namespace,
+        lambda: (scrape(cluster, SCHEDULE_CHECKED, namespace) or 0) >= crossed,
+        30,
+        "the operator to check the schedule after the cron times",
+    )
     assert runs(cluster, namespace, "daily") == before
 
     # 3. A requested run starts while suspended and appends the new day exactly once.

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 from icechunk_operator.api.batch import IngestBatch
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.exiting import one_line_error
 from icechunk_operator.k8s.apply import Applier, EventPoster
+from icechunk_operator.k8s.clock import Clock, wall_clock
 from icechunk_operator.k8s.deletion import DataDeleter
 from icechunk_operator.k8s.kube import KubeApi
 from icechunk_operator.k8s.metrics import OperatorMetrics
@@ -44,9 +44,11 @@ class Controller:
         settings: OperatorSettings,
         post_event: EventPoster,
         metrics: OperatorMetrics | None = None,
+        clock: Clock = wall_clock,
     ) -> None:
         self.api = api
         self.settings = settings
+        self.clock = clock  # cron's "now": store maintenance schedules
         self.applier = Applier(api, settings, post_event, metrics)
         self.store_status = StoreStatus(api, settings, post_event)
         self.deleter = DataDeleter(api, post_event)
@@ -86,11 +88,13 @@ class Controller:
                 namespace,
                 store,
                 list(batches()),
-                datetime.now(UTC),
+                self.clock(),
                 self._check_index,
             )
             actions = plan_store(observed)
             finished = await asyncio.to_thread(self.applier.apply, namespace, store_body, actions)
+            if self.metrics is not None:
+                self.metrics.queue_passes.labels(namespace, store).inc()
         # A batch ended: its store's status is probed now, unless the next writer starts in this
         # same pass (a probe, a process of its own, would read what that writer is about to
         # change): the probe after the queue's last batch, and the periodic one, report it.

@@ -10,19 +10,19 @@ finds.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
 from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.k8s import names
+from icechunk_operator.k8s.clock import schedule_clock
 from icechunk_operator.k8s.controller import Controller
 from icechunk_operator.k8s.ingest_schedules import ScheduleRunner
 from icechunk_operator.k8s.kube import KubeApi, load_config
 from icechunk_operator.k8s.reconciliations import COMPONENT as RECONCILE_COMPONENT
 from icechunk_operator.k8s.reconciliations import ReconciliationRunner
-from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE, needs_sync
+from icechunk_operator.k8s.schedule_plan import LABEL_SCHEDULE
 from icechunk_operator.k8s.settings import OperatorSettings
 from icechunk_operator.k8s.views import WRITER_COMPONENTS, BatchView, batch_view
 
@@ -56,17 +56,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Peering itself is set up by kopf.run() (see cli._operator); only its timing is here.
     settings.peering.lifetime = SETTINGS.peering_lifetime
     load_config()
-    controller = Controller(KubeApi(), SETTINGS, _post_event)
+    clock = schedule_clock(SETTINGS.test_clock_file)
+    controller = Controller(KubeApi(), SETTINGS, _post_event, clock=clock)
+    schedules = ScheduleRunner(controller.api, _post_event, clock)
     if SETTINGS.metrics_port:
         from icechunk_operator.k8s.metrics import OperatorMetrics
 
         controller.metrics = OperatorMetrics(
-            lambda: controller.batch_index.items(), lambda: controller.schedule_index.values()
+            lambda: controller.batch_index.items(),
+            lambda: controller.schedule_index.values(),
+            lambda: schedules.checked,
         )
         controller.metrics.serve(SETTINGS.metrics_port)
     memo["controller"] = controller
-    memo["reconciliations"] = ReconciliationRunner(controller.api, controller.settings, _post_event)
-    memo["schedules"] = ScheduleRunner(controller.api, _post_event)
+    memo["reconciliations"] = ReconciliationRunner(controller.api, controller.settings, _post_event, clock)
+    memo["schedules"] = schedules
     # Import now what the first batch needs, so its Job is not late by a second of imports.
     import icechunk_operator.engine.sources  # noqa: F401
 
@@ -158,15 +162,18 @@ async def _sync_schedule(body: kopf.Body, memo: Any, index: Any, *, only_if_due:
     controller.schedule_index = index  # the same live mapping every time; kept for the metrics
     if body.meta.get("deletionTimestamp") is not None:
         return
-    if only_if_due and not needs_sync(dict(body), datetime.now(UTC)):
-        return
     runner: ScheduleRunner = memo["schedules"]
-    await runner.sync(dict(body))
+    await (runner.tick(dict(body)) if only_if_due else runner.sync(dict(body)))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.SCHEDULES)
-async def schedule_changed(event: kopf.RawEvent, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    if event["type"] != "DELETED":  # a deleted schedule's runs are owned by it: the GC has them
+async def schedule_changed(
+    event: kopf.RawEvent, body: kopf.Body, name: str, namespace: str | None, memo: Any, **kwargs: Any
+) -> None:
+    if event["type"] == "DELETED":  # a deleted schedule's runs are owned by it: the GC has them
+        runner: ScheduleRunner = memo["schedules"]
+        runner.forget(namespace or "default", name)
+    else:
         await _sync_schedule(body, memo, kwargs["schedules_by_name"])
 
 

@@ -1,9 +1,10 @@
 """IngestSchedules in the cluster: the API calls around :func:`schedule_plan.decide`.
 
-Every event of a schedule or of one of its runs, and a timer (so cron times fire without
-events), leads to one ``sync``: list the schedule's runs, decide, create the due run, write the
-status, post an Event per run started and ended, delete runs beyond the history limits. Each step
-is safe to repeat; nothing is kept in memory between syncs.
+Every event of a schedule or of one of its runs leads to one ``sync``: list the schedule's runs,
+decide, create the due run, write the status, post an Event per run started and ended, delete runs
+beyond the history limits. A timer ``tick`` (so cron times fire without events) syncs only when a
+run is due. Each step is safe to repeat; nothing but the time of each schedule's last check (for
+the metrics) is kept in memory between syncs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +21,7 @@ from icechunk_operator.api.batch import BatchPhase
 from icechunk_operator.api.common import first_problem
 from icechunk_operator.api.schedule import IngestSchedule
 from icechunk_operator.k8s import names
+from icechunk_operator.k8s.clock import Clock, wall_clock
 from icechunk_operator.k8s.conditions import set_condition
 from icechunk_operator.k8s.kube import KubeApi, without_status
 from icechunk_operator.k8s.schedule_plan import (
@@ -29,6 +31,7 @@ from icechunk_operator.k8s.schedule_plan import (
     decide,
     format_time,
     last_run_entry,
+    needs_sync,
     run_batch_body,
     run_name,
     run_view,
@@ -50,11 +53,29 @@ def run_event(run: RunView) -> tuple[str, str, str]:
 class ScheduleRunner:
     """Starts due runs, records ended ones, prunes history. Idempotent: any event may repeat."""
 
-    def __init__(self, api: KubeApi, post_event: EventPoster) -> None:
-        self.api, self.post_event = api, post_event
+    def __init__(self, api: KubeApi, post_event: EventPoster, clock: Clock = wall_clock) -> None:
+        self.api, self.post_event, self.clock = api, post_event, clock
+        #: (namespace, schedule) -> the clock time it was last checked for a due run: the
+        #: metrics show it, so a timer that stopped shows as a time that no longer moves.
+        self.checked: dict[tuple[str, str], datetime] = {}
 
     async def sync(self, body: dict[str, Any], now: datetime | None = None) -> None:
-        await asyncio.to_thread(self._sync, body, now or datetime.now(UTC))
+        now = now or self.clock()
+        await asyncio.to_thread(self._sync, body, now)
+        meta = body["metadata"]
+        self.checked[meta.get("namespace", "default"), meta["name"]] = now
+
+    async def tick(self, body: dict[str, Any]) -> None:
+        """The timer: sync only when a run is due (a schedule between cron times costs nothing)."""
+        now = self.clock()
+        if needs_sync(body, now):
+            await self.sync(body, now)
+        else:
+            meta = body["metadata"]
+            self.checked[meta.get("namespace", "default"), meta["name"]] = now
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.checked.pop((namespace, name), None)
 
     async def run_changed(self, run: dict[str, Any]) -> None:
         """A run's batch changed: sync its schedule (its end may be recorded now)."""

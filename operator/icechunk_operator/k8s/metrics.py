@@ -7,11 +7,12 @@ a histogram the controller feeds when a batch ends, from the commit pod's report
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+import collections
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -28,6 +29,10 @@ SCHEDULE_CONSECUTIVE_FAILURES = "icechunk_operator_schedule_consecutive_failures
 SCHEDULE_LAST_RUN_FILES_ADDED = "icechunk_operator_schedule_last_run_files_added"
 SCHEDULE_LAST_RUN_SECONDS = "icechunk_operator_schedule_last_run_duration_seconds"
 SCHEDULE_NEXT_RUN = "icechunk_operator_schedule_next_run_timestamp_seconds"
+SCHEDULE_CHECKED = "icechunk_operator_schedule_checked_timestamp_seconds"
+#: Per store (labels namespace, store): passes over its queue (events and timer ticks), each of
+#: which re-plans it from what the API server holds; a queue that waits still counts passes.
+QUEUE_PASSES = "icechunk_operator_queue_passes_total"
 #: Per store (labels namespace, store): the newest completion of a Succeeded IngestBatch.
 STORE_LAST_SUCCESS = "icechunk_operator_store_last_success_timestamp_seconds"
 
@@ -56,8 +61,8 @@ class BatchCollector(Collector):
             labels=["namespace", "store", "outcome"],
         )
         for (namespace, store), views in self._batches():
-            by_phase: Counter[str] = Counter()
-            by_outcome: Counter[str] = Counter()
+            by_phase: collections.Counter[str] = collections.Counter()
+            by_outcome: collections.Counter[str] = collections.Counter()
             completed: list[float] = []
             for view in views:
                 by_phase[view.phase or "Pending"] += 1
@@ -79,6 +84,8 @@ class BatchCollector(Collector):
 
 #: Every IngestSchedule's body, as the operator's index holds them (one collection per key).
 ScheduleSource = Callable[[], Iterable[Iterable[dict[str, Any]]]]
+#: (namespace, schedule) -> when the operator last checked it for a due run.
+CheckedSource = Callable[[], Mapping[tuple[str, str], datetime]]
 
 
 def _timestamp(text: str | None) -> float | None:
@@ -93,8 +100,8 @@ class ScheduleCollector(Collector):
     alert on "no success for N hours" also fires for a schedule that never once succeeded; a
     suspended schedule reports none, since nobody expects it to update."""
 
-    def __init__(self, schedules: ScheduleSource) -> None:
-        self._schedules = schedules
+    def __init__(self, schedules: ScheduleSource, checked: CheckedSource = dict) -> None:
+        self._schedules, self._checked = schedules, checked
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["namespace", "schedule", "store"]
@@ -115,6 +122,12 @@ class ScheduleCollector(Collector):
         upcoming = GaugeMetricFamily(
             SCHEDULE_NEXT_RUN, "Time of the next cron run (none when suspended).", labels=labels
         )
+        checked_at = GaugeMetricFamily(
+            SCHEDULE_CHECKED,
+            "Clock time of the operator's last check for a due run (stands still if its timer stops).",
+            labels=labels,
+        )
+        checked = self._checked()
         for bodies in self._schedules():
             for body in bodies:
                 meta, status = body.get("metadata") or {}, body.get("status") or {}
@@ -137,18 +150,28 @@ class ScheduleCollector(Collector):
                         seconds.add_metric(key, ended - started)
                 if (upcoming_time := _timestamp(status.get("nextRunTime"))) is not None:
                     upcoming.add_metric(key, upcoming_time)
-        yield from (success, failures, added, seconds, upcoming)
+                if (when := checked.get((key[0], key[1]))) is not None:
+                    checked_at.add_metric(key, when.timestamp())
+        yield from (success, failures, added, seconds, upcoming, checked_at)
 
 
 class OperatorMetrics:
-    def __init__(self, batches: BatchSource, schedules: ScheduleSource = lambda: ()) -> None:
+    def __init__(
+        self, batches: BatchSource, schedules: ScheduleSource = lambda: (), checked: CheckedSource = dict
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(BatchCollector(batches))
-        self.registry.register(ScheduleCollector(schedules))
+        self.registry.register(ScheduleCollector(schedules, checked))
         self.commit_seconds = Histogram(
             "icechunk_operator_commit_seconds",
             "Mean time of one Icechunk commit in each finished batch (commit pod's report).",
             buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.queue_passes = Counter(
+            QUEUE_PASSES.removesuffix("_total"),
+            "Passes over the store's queue, each planned afresh from the API server.",
+            ["namespace", "store"],
             registry=self.registry,
         )
         self.batch_seconds = Histogram(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +23,7 @@ from icechunk_operator.api.reconciliation import Reconciliation, RunPhase
 from icechunk_operator.api.store import IcechunkStore
 from icechunk_operator.k8s import names
 from icechunk_operator.k8s.children import run_job
+from icechunk_operator.k8s.clock import Clock, wall_clock
 from icechunk_operator.k8s.conditions import reconciliation_conditions
 from icechunk_operator.k8s.kube import KubeApi, without_status
 from icechunk_operator.k8s.schedules import (
@@ -78,11 +79,13 @@ EventPoster = Callable[[dict[str, Any], str, str, str], None]
 class ReconciliationRunner:
     """Starts due runs, reports failed Jobs, prunes history. Idempotent: any event may repeat."""
 
-    def __init__(self, api: KubeApi, settings: OperatorSettings, post_event: EventPoster) -> None:
-        self.api, self.settings, self.post_event = api, settings, post_event
+    def __init__(
+        self, api: KubeApi, settings: OperatorSettings, post_event: EventPoster, clock: Clock = wall_clock
+    ) -> None:
+        self.api, self.settings, self.post_event, self.clock = api, settings, post_event, clock
 
     async def sync(self, body: dict[str, Any], now: datetime | None = None) -> None:
-        await asyncio.to_thread(self._sync, body, now or datetime.now(UTC))
+        await asyncio.to_thread(self._sync, body, now or self.clock())
 
     async def job_changed(self, job: dict[str, Any]) -> None:
         await asyncio.to_thread(self._job_changed, job)

@@ -69,6 +69,11 @@ class OperatorSettings(_FromEnv):
     peering: str | None = Field(default=None, description="Kopf peering name; unset: standalone.")
     peering_priority: int | None = Field(default=None, description="Peering priority; unset: random.")
     peering_lifetime: int = Field(default=60, gt=0, description="Seconds a peer's keep-alive lasts.")
+    test_clock_file: str | None = Field(
+        default=None,
+        description="Test tier only (the chart never sets it): seconds in this file move the cron "
+        "schedules' clock forward (k8s/clock.py).",
+    )
 
 
 class PodSettings(_FromEnv):
