@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,12 @@ def concat_batch(store: str, root: Path) -> dict[str, Any]:
     }
 
 
+def seconds_past_the_next_hour(now: datetime) -> float:
+    """How far to move the clock to stand a second past the next full hour."""
+    next_hour = (now + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    return (next_hour - now).total_seconds() + 1
+
+
 def test_a_schedule_keeps_a_concat_store_current(
     cluster: ClusterDriver, namespace: str, tmp_path: Path, moved_clock: MovedClock
 ) -> None:
@@ -128,15 +135,15 @@ def test_a_schedule_keeps_a_concat_store_current(
     schedule = schedule_doc(
         "daily",
         concat_batch("sites", root),
-        schedule="* * * * *",
+        schedule="0 * * * *",
         successfulRunsHistoryLimit=2,
         failedRunsHistoryLimit=1,
     )
     assert cluster.apply(schedule, namespace=namespace).returncode == 0
 
-    # 1. The cron schedule fires (every minute here: the operators' clock moves a minute on) and
-    # the first run ingests both days.
-    moved_clock.advance(60)
+    # 1. The cron schedule fires (hourly here: the operators' clock moves to just past the next
+    # hour, so the one after is an hour of real time away) and the first run ingests both days.
+    moved_clock.advance(seconds_past_the_next_hour(moved_clock.now()))
     first = wait_for_run(cluster, namespace, "daily", 0, timeout=120)
     assert first["outcome"] == "Succeeded" and first["filesAdded"] == 2, first
     assert first["name"].startswith("daily-s") and first["snapshot"]
@@ -162,7 +169,7 @@ def test_a_schedule_keeps_a_concat_store_current(
         "FAILURES",
         "AGE",
     ]
-    assert table[1].split()[:3] == ["daily", "sites", "*"] and "Succeeded" in table[1]
+    assert table[1].split()[:3] == ["daily", "sites", "0"] and "Succeeded" in table[1]
 
     # 2. Suspended, no scheduled run starts, even across a cron time.
     cluster.plane.kubectl(
@@ -176,7 +183,7 @@ def test_a_schedule_keeps_a_concat_store_current(
     )
     before = runs(cluster, namespace, "daily")
     write_day(root, "rosa", 3)
-    crossed = moved_clock.advance(120).timestamp()  # two cron times pass
+    crossed = moved_clock.advance(2 * 3600).timestamp()  # two cron times pass
     cluster.wait(
         namespace,
         lambda: (scrape(cluster, SCHEDULE_CHECKED, namespace) or 0) >= crossed,
