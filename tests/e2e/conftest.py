@@ -283,6 +283,7 @@ class ClusterDriver:
         self.plane, self.operator, self.kubelet = plane, operator, kubelet
         self.custom = client.CustomObjectsApi(kube)
         self.batch_api = client.BatchV1Api(kube)
+        self.coordination = client.CoordinationV1Api(kube)
 
     def apply(self, *documents: dict[str, Any], namespace: str) -> subprocess.CompletedProcess[str]:
         text = "\n---\n".join(json.dumps(d) for d in documents)
@@ -303,6 +304,10 @@ class ClusterDriver:
 
     def jobs(self, namespace: str) -> list[Any]:
         return list(self.batch_api.list_namespaced_job(namespace).items)
+
+    def leases(self, namespace: str) -> list[str]:
+        """Names of the namespace's Leases (a store's writer Lease lives while a writer starts)."""
+        return [lease.metadata.name for lease in self.coordination.list_namespaced_lease(namespace).items]
 
     def dask_clusters(self, namespace: str) -> list[dict[str, Any]]:
         listed: dict[str, Any] = self.custom.list_namespaced_custom_object(

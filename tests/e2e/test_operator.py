@@ -258,7 +258,12 @@ def test_operator_killed_mid_batch_never_starts_a_second_writer(
     cluster.kubelet.hold(namespace)
     cluster.apply(batch_doc("resumed", "ismip6", shared_archive), namespace=namespace)
     cluster.apply(batch_doc("next", "ismip6", shared_archive), namespace=namespace)
-    wait_until(lambda: cluster.jobs(namespace), 30, "the commit Job")
+    # Killed mid-batch, not mid-start: the Job exists and the writer Lease that guarded its start
+    # is released (a kill inside the start, whose Lease then has to expire, is a fault case of
+    # tests/e2e/test_faults_control_plane.py).
+    wait_until(
+        lambda: cluster.jobs(namespace) and not cluster.leases(namespace), 30, "the commit Job, started"
+    )
 
     cluster.operator.kill()
     cluster.operator.start()
