@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${ICECHUNK_OPERATOR_CACHE:-$HOME/.cache/icechunk-operator}"
-mkdir -p "$cache"
+mkdir -p "$cache" build
+
+# One setup at a time in this checkout: make test's background builds call it too.
+exec 9>build/.setup.lock
+flock 9
 
 venv_ok() {
   [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 14))'

@@ -36,7 +36,7 @@ from tests.servers import (
     wait_until,
 )
 
-pytest_plugins = ["tests.tiers"]
+pytest_plugins = ["tests.builds", "tests.tiers"]
 
 quiet_logs()
 

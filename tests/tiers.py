@@ -3,7 +3,7 @@
 Each test's tier marker comes from its folder (``tests/unit`` is ``unit``, ``tests/e2e`` is
 ``k8s``, ...), so a new file cannot land in the wrong tier by a forgotten ``pytestmark``; a unit
 test that asks for a server fixture is refused at collection, so ``make test-fast`` (the unit
-tier) never starts one.
+tier) never starts one. Tiers run in the table's order, those that need no build first.
 
 At the end of a run the time and CPU of each tier is printed, after the build and lint steps
 ``scripts/timed.sh`` recorded for this run (``$ICECHUNK_OPERATOR_STEP_TIMES``): CI logs show
@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.builds import waits
 
 #: Folder under tests/ -> tier marker. Fault tests elsewhere keep their own ``faults`` marker.
 TIER_OF_FOLDER = {
@@ -41,6 +43,9 @@ TIER_TITLES = {
     "load": "load (many batches at once)",
     "pods": "real pods (a real node runs the image)",
 }
+
+#: Tier -> its place in a run.
+RUN_ORDER = {tier: place for place, tier in enumerate(TIER_TITLES)}
 
 #: Fixtures that start a server, a cluster or a control plane (the rest are built on them).
 SERVER_FIXTURES = frozenset(
@@ -81,6 +86,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "unit tests start no server (make test-fast runs them alone); move these to "
             "tests/integration or tests/e2e:\n  " + "\n  ".join(misplaced)
         )
+    items.sort(key=_run_order)
+
+
+def _run_order(item: pytest.Item) -> int:
+    """Tiers run in the order of ``TIER_TITLES`` (a stable sort keeps the files' order within
+    one): the tiers that need no build come first, so the control plane, the node and the image
+    build beside them (tests/builds.py)."""
+    return RUN_ORDER.get(tier_of(Path(str(item.path))) or "", len(RUN_ORDER))
 
 
 def _machine_cpu_seconds() -> float:
@@ -122,12 +135,19 @@ class TierClock:
         if not self.tiers:
             return
         terminalreporter.section("time per tier")
-        for line in self.lines(_step_times()):
+        for line in self.lines(_step_times(), waits(terminalreporter.config), _run_started()):
             terminalreporter.write_line(line)
 
-    def lines(self, steps: list[tuple[str, float]]) -> list[str]:
+    def lines(
+        self,
+        steps: list[tuple[str, float]],
+        build_waits: Sequence[tuple[str, float]] = (),
+        run_started: float | None = None,
+    ) -> list[str]:
+        """The table: steps (builds beside the tests overlap the tiers), the tests' waits for
+        those builds (in no tier), each tier, and the whole run's wall time."""
         out = ["| Step or tier | Tests | Wall | CPU (machine) |", "| --- | ---: | ---: | ---: |"]
-        out += [f"| {name} | | {_minutes(seconds)} | |" for name, seconds in steps]
+        out += [f"| {name} | | {_minutes(seconds)} | |" for name, seconds in [*steps, *build_waits]]
         order = [t for t in TIER_TITLES if t in self.tiers] + sorted(set(self.tiers) - set(TIER_TITLES))
         for name in order:
             tier = self.tiers[name]
@@ -137,8 +157,8 @@ class TierClock:
         tests = sum(t.tests for t in self.tiers.values())
         total = time.monotonic() - self.started
         out.append(f"| pytest in all (collection included) | {tests} | {_minutes(total)} | |")
-        if steps:
-            out.append(f"| all steps and pytest | | {_minutes(total + sum(s for _, s in steps))} | |")
+        if run_started is not None:
+            out.append(f"| whole run (make test, wall) | | {_minutes(time.time() - run_started)} | |")
         return out
 
 
@@ -162,6 +182,14 @@ def _step_times() -> list[tuple[str, float]]:
         except ValueError:
             continue
     return steps
+
+
+def _run_started() -> float | None:
+    """When make test began (epoch seconds, scripts/test.sh), for the whole run's wall time."""
+    try:
+        return float(os.environ["ICECHUNK_OPERATOR_RUN_STARTED"])
+    except KeyError, ValueError:
+        return None
 
 
 def _minutes(seconds: float) -> str:

@@ -51,7 +51,7 @@ from tests.faults.canary_world import (
 )
 from tests.faults.tally import FaultTally
 
-pytestmark = [pytest.mark.faults, pytest.mark.slow]
+pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.builds("versitygw", "Azurite")]
 
 API_VERSION = f"{names.GROUP}/{names.VERSION}"
 #: What ``kubectl get -o json`` lists, by the place the tally names.

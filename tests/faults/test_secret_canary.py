@@ -54,7 +54,12 @@ from tests.faults.tally import FaultTally
 from tests.integration.readback import assert_matches_source
 from tests.servers import S3_KEY, write_service_account_key
 
-pytestmark = [pytest.mark.s3, pytest.mark.azure, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.s3,
+    pytest.mark.azure,
+    pytest.mark.slow,
+    pytest.mark.builds("versitygw", "Azurite", "fake-gcs-server"),
+]
 
 #: The CLI with Python's logging at DEBUG into a file (the first argument): the CLI has no
 #: verbose flag, and whatever any library logs at any level must be searched too.

@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.builds import builds_needed
 from tests.cluster.control_plane import REPO
-from tests.tiers import tier_of
+from tests.tiers import TIER_OF_FOLDER, tier_of
 
 CONFTEST = """
 import pytest
@@ -23,8 +26,11 @@ def dask_scheduler():
 """
 
 
-def run_pytest(root: Path, *args: str, steps: str = "") -> subprocess.CompletedProcess[str]:
+def run_pytest(
+    root: Path, *args: str, steps: str = "", run_started: str = ""
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "ICECHUNK_OPERATOR_STEP_TIMES": steps}
+    env["ICECHUNK_OPERATOR_RUN_STARTED"] = run_started
     env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # hypothesis, zarr...: seconds of imports, unused here
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
@@ -88,3 +94,61 @@ def test_a_unit_test_asking_for_a_server_is_refused_before_anything_starts(tmp_p
     assert "tests/unit/test_u.py::test_u uses dask_scheduler" in refused.stderr
     assert "test_i" not in refused.stderr  # the integration tier may use servers
     assert "a server fixture was set up" not in refused.stdout + refused.stderr
+
+
+def test_tiers_run_in_the_tables_order_whatever_the_folders_names(tmp_path: Path) -> None:
+    files = {
+        f"tests/{folder}/test_{folder}.py": "def test_x():\n    assert True\n" for folder in TIER_OF_FOLDER
+    }
+    listed = run_pytest(tree(tmp_path, files), "--collect-only")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    ran = [line.split("/")[1] for line in listed.stdout.splitlines() if line.endswith("::test_x")]
+    assert ran == ["unit", "integration", "faults", "e2e", "pods"]
+
+
+def test_the_builds_a_test_needs_come_from_its_fixtures_and_marks() -> None:
+    fixtures = ["tmp_path", "real_cluster", "chart_tools", "gcs_server_process"]
+    assert builds_needed(fixtures) == [
+        "fake-gcs-server",
+        "control plane",
+        "helm and checkov",
+        "node",
+        "image",
+    ]
+    assert builds_needed(["tmp_path"], ["versitygw", "Azurite"]) == ["Azurite", "versitygw"]
+    with pytest.raises(ValueError, match="unknown builds"):
+        builds_needed([], ["kubelet"])
+
+
+BUILD_CONFTEST = """
+from pathlib import Path
+
+import pytest
+
+import tests.builds
+
+pytest_plugins = ["tests.builds", "tests.tiers"]
+tests.builds.SCRIPTS = Path(__file__).parent
+tests.builds.BUILDS["control plane"] = ("slow-build.sh",)
+
+
+@pytest.fixture(scope="session")
+def control_plane():
+    assert (Path(__file__).parent / "built").exists(), "the build was not waited for"
+"""
+
+# A build that takes longer than the test's timeout (a cold control plane takes minutes).
+SLOW_BUILD = 'sleep 2\ntouch "$(dirname "$0")/built"\n'
+
+
+def test_a_test_waits_for_its_build_outside_its_timeout_and_the_table_says_so(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(BUILD_CONFTEST)
+    (tmp_path / "slow-build.sh").write_text(SLOW_BUILD)
+    (tmp_path / "tests" / "e2e").mkdir(parents=True)
+    (tmp_path / "tests" / "e2e" / "test_e.py").write_text("def test_e(control_plane):\n    assert True\n")
+    run = run_pytest(tmp_path, "-p", "pytest_timeout", "--timeout=1", run_started="1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = run.stdout.split("time per tier", 1)[1]
+    waited = next(line for line in table.splitlines() if "tests waited for: control plane" in line)
+    assert float(waited.split("|")[3].split()[0]) >= 2.0
+    assert "| whole run (make test, wall) |" in table  # from ICECHUNK_OPERATOR_RUN_STARTED
