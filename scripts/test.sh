@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # make test: lint and types, then every tier of pytest, while the builds the later tiers need run
-# in the background, in the order the tiers need them. Lint, the unit and the integration tiers
-# need no Go binary, so on a cold machine the control plane, the node and the image compile
-# beside them instead of before them. Each build script holds a lock while it builds; a test that
-# needs a build waits for it outside its own timeout (tests/builds.py), and the time table at the
-# end names each step, each wait and each tier (tests/tiers.py).
+# in the background. Lint and the unit tier need no build, the integration tier the storage
+# servers and (at its end) the image, so on a cold machine the control plane and the node compile
+# beside them instead of before them: the storage servers first, then the control plane (the
+# longest, and it needs no Python), then the rest in the order the tiers reach them. Each build
+# script holds a lock while it builds; a test that needs a build waits for it outside its own
+# timeout (tests/builds.py), and the time table at the end names each step, each wait and each
+# tier (tests/tiers.py).
 #
 # Usage: scripts/test.sh [pytest arguments]     (the Makefile's `test` target)
 set -uo pipefail
@@ -22,11 +24,11 @@ background_builds() {
     step toxiproxy scripts/build-go-tool.sh toxiproxy
     step fake-gcs-server scripts/build-go-tool.sh fake-gcs-server
     step "control plane" scripts/build-control-plane.sh
+    scripts/setup.sh  # the image and checkov use the project's interpreter (waits on setup's lock)
+    step image scripts/build-image.sh  # tests/integration/test_local_image.py reads it
     step versitygw scripts/build-go-tool.sh versitygw
-    scripts/setup.sh  # helm's checkov and the image use the project's interpreter (waits on setup's lock)
     step "helm and checkov" scripts/build-chart-tools.sh
     step node scripts/build-node.sh
-    step image scripts/build-image.sh
     return "$failed"
 }
 

@@ -44,6 +44,7 @@ BUILDS_OF_FIXTURE: dict[str, tuple[str, ...]] = {
     "control_plane": ("control plane",),
     "chart_tools": ("helm and checkov",),
     "real_cluster": ("control plane", "node", "image"),
+    "image_tarballs": ("image",),
 }
 
 

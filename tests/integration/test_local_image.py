@@ -177,7 +177,7 @@ def read_image(path: Path) -> Image:
 
 
 @pytest.fixture(scope="module")
-def built() -> tuple[Path, Path]:
+def image_tarballs() -> tuple[Path, Path]:
     """(pause image tarball, project image tarball), built or taken from the cache."""
     require_root_and_tools()
     result = subprocess.run(
@@ -189,8 +189,8 @@ def built() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def image(built: tuple[Path, Path]) -> Image:
-    return read_image(built[1])
+def image(image_tarballs: tuple[Path, Path]) -> Image:
+    return read_image(image_tarballs[1])
 
 
 @pytest.fixture(scope="module")
@@ -358,9 +358,9 @@ def test_the_images_command_and_every_pods_command_start(image: Image, rootfs: P
 
 
 def test_the_pause_image_sleeps_until_sigterm_and_reaps_orphans(
-    built: tuple[Path, Path], tmp_path: Path
+    image_tarballs: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    pause = read_image(built[0])
+    pause = read_image(image_tarballs[0])
     assert pause.annotations["io.containerd.image.name"] == "localhost/icechunk-operator/pause:1"
     assert pause.config["config"]["Entrypoint"] == ["/pause"]
     with tarfile.open(pause.path) as outer, tarfile.open(fileobj=outer.extractfile(pause.layers[0])) as layer:
