@@ -17,6 +17,8 @@ export ICECHUNK_OPERATOR_RUN_STARTED=$EPOCHREALTIME
 
 background_builds() {
     local failed=0
+    renice -n 19 -p "$BASHPID" >/dev/null  # every build inherits it
+    ionice -c 3 -p "$BASHPID" 2>/dev/null || true
     step() {  # name script [arguments]: one build, timed; the others go on if it fails
         scripts/timed.sh "build beside the tests: $1" "${@:2}" >/dev/null || { echo "FAILED: $1"; failed=1; }
     }
@@ -32,6 +34,10 @@ background_builds() {
     return "$failed"
 }
 
+# At the lowest CPU and I/O priority: the builds take what the tests leave idle. At equal
+# priority the compilers took both cores and the unit and integration tiers ran three times
+# slower (a cold run of 60 min); a test that needs a build waits for it, and then nothing else
+# wants the cores.
 set -m  # the builds get a process group of their own, so an interrupted run stops all of them
 background_builds >"$builds_log" 2>&1 &
 builds=$!

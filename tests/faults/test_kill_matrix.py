@@ -93,10 +93,11 @@ def run_cli(
 def test_sigkill_at_each_stage_then_a_rerun_finishes_exactly_once(
     kill: Kill, archive_for_kills: ArchiveLayout, tmp_path: Path, dask_scheduler: str, fault_tally: FaultTally
 ) -> None:
-    # A kill inside a commit is a race: the timer's SIGKILL must land while the commit writes its
-    # manifests (measured: 15 to 22 manifest files left, no snapshot). On a loaded machine the
-    # timer thread can be scheduled only after a small commit finished; that attempt tested
-    # nothing, so the case is tried again on a fresh store (at most three times).
+    # A kill inside a commit is timed: the kernel timer's SIGKILL (failpoints.py) must land while
+    # the commit writes its manifests (measured: 15 to 22 manifest files left, no snapshot). When
+    # the timer was a Python thread, a loaded machine scheduled it after a small commit had
+    # finished (a cold run lost all three tries); should a commit ever end inside the timer's
+    # millisecond, that attempt tested nothing, so the case is tried again on a fresh store.
     attempts = 3 if kill.failpoint.startswith("commit=") else 1
     for attempt in range(1, attempts + 1):
         folder = tmp_path / f"attempt-{attempt}"

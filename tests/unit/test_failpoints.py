@@ -1,9 +1,14 @@
 """Failpoints: unarmed they do nothing; armed they fire at the hit asked for, once across
 processes when a once-folder is given. (The kill actions are exercised for real by the fault
-matrix, tests/faults/test_kill_matrix.py: a SIGKILL here would end the test run.)"""
+matrix, tests/faults/test_kill_matrix.py, and here in child processes only: a SIGKILL in this one
+would end the test run.)"""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,3 +62,24 @@ def test_an_unknown_action_is_an_error_naming_the_failpoint(monkeypatch: pytest.
     monkeypatch.setenv(ENV, "listing=explode")
     with pytest.raises(ValueError, match="unknown action 'explode' for failpoint 'listing'"):
         failpoint("listing")
+
+
+# A regular expression that backtracks for hours and holds the GIL all along: a Python timer
+# thread could not send its signal before it ends.
+GIL_HOLDER = """
+import re
+from icechunk_operator.failpoints import failpoint
+failpoint("commit")
+re.match(r"(a+)+$", "a" * 40 + "b")
+print("the call ended before the kill")
+"""
+
+
+def test_kill_after_lands_inside_a_call_that_holds_the_gil() -> None:
+    """The kill is the kernel's timer, in a child process (a SIGKILL here would end the run)."""
+    env = {**os.environ, ENV: "commit=kill-after:0.05"}
+    child = subprocess.run(
+        [sys.executable, "-c", GIL_HOLDER], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr
+    assert "ended before the kill" not in child.stdout
