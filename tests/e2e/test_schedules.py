@@ -93,6 +93,17 @@ def scrape(cluster: ClusterDriver, metric: str, namespace: str) -> float | None:
     return None
 
 
+def wait_for_metric(cluster: ClusterDriver, metric: str, namespace: str, expected: float | None) -> None:
+    """The operator's metrics come from its watch of the schedules, which may trail the status
+    the test has just read from the API by a watch event: wait for the value, do not race it."""
+    cluster.wait(
+        namespace,
+        lambda: scrape(cluster, metric, namespace) == expected,
+        30,
+        f"{metric} to read {expected}",
+    )
+
+
 def concat_batch(store: str, root: Path) -> dict[str, Any]:
     return {
         "store": store,
@@ -217,8 +228,8 @@ def test_a_schedule_keeps_a_concat_store_current(
     assert len(ledger_urls(model)) == 3
     status = cluster.status(names.SCHEDULES, namespace, "daily")
     assert status["consecutiveFailures"] == 1
-    assert scrape(cluster, SCHEDULE_CONSECUTIVE_FAILURES, namespace) == 1
-    assert scrape(cluster, SCHEDULE_LAST_SUCCESS, namespace) is None  # suspended: never late
+    wait_for_metric(cluster, SCHEDULE_CONSECUTIVE_FAILURES, namespace, 1)
+    wait_for_metric(cluster, SCHEDULE_LAST_SUCCESS, namespace, None)  # suspended: never late
 
     # 6. History limits: two succeeded runs and one failed run are kept, the oldest run is gone.
     def pruned() -> dict[str, str | None] | None:
@@ -330,7 +341,7 @@ def test_gnss_files_arriving_over_several_runs_give_the_store_of_one_run(
     assert first["outcome"] == "Succeeded" and first["filesAdded"] == 6, first  # hour 01 still open
 
     succeeded = cluster.status(names.SCHEDULES, namespace, "rosalia")["lastSuccessfulTime"]
-    assert scrape(cluster, SCHEDULE_LAST_SUCCESS, namespace) == parse_time(succeeded).timestamp()
+    wait_for_metric(cluster, SCHEDULE_LAST_SUCCESS, namespace, parse_time(succeeded).timestamp())
     tip = open_repository(runs_store.spec, create=False).lookup_branch("main")
     copy_files(deliveries[1], archive / "rosalia")
     request_run(cluster, namespace, "rosalia", "delivery-2")
